@@ -1,0 +1,194 @@
+"""Multi-head attention: pure functions over arrays, and a Flax module that only holds weights.
+
+Arrays follow ``jax.nn.dot_product_attention``: ``[..., T, heads, head_dim]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from attn_dynamics import kernels
+
+Array = jax.Array
+Implementation = Literal["auto", "fast", "explicit"]
+IMPLEMENTATIONS = ("auto", "fast", "explicit")
+
+
+def attention_weights(
+    q: Array, k: Array, *, kernel: str = "softmax", mask: Array | None = None, **options
+) -> Array:
+    """``[..., heads, Tq, Tk]`` weights of the named kernel (the explicit path)."""
+    return kernels.get(kernel)(q, k, mask, **options)
+
+
+def explicit_attention(
+    q: Array, k: Array, v: Array, *, kernel: str = "softmax", mask: Array | None = None, **options
+) -> Array:
+    """Weights materialised, then applied: works for every kernel; ``[..., Tq, heads, dv]``."""
+    weights = attention_weights(q, k, kernel=kernel, mask=mask, **options)
+    return jnp.einsum("...hqk,...khd->...qhd", weights, v.astype(weights.dtype))
+
+
+def fused_attention(
+    q: Array, k: Array, v: Array, *, kernel: str = "softmax", mask: Array | None = None, **options
+) -> Array:
+    """Softmax kernels through ``jax.nn.dot_product_attention`` (flash attention on GPU)."""
+    form = kernels.lookup(kernel).softmax_form
+    if form is None:
+        raise ValueError(
+            f"kernel {kernel!r} has no softmax form, so no fused path; use implementation="
+            f"'explicit' or one of {[n for n in kernels.names() if _has_fast_path(n)]}"
+        )
+    batch_shape = q.shape[:-3]
+    d, dv = q.shape[-1], v.shape[-1]
+    scale, bias = form.scale(d, **options), form.key_bias(k, **options)
+    # The fused op wants one head size for q, k and v; zero-padding the smaller side is exact
+    # (zeros add nothing to q.k, and padded value columns are sliced off).
+    q, k, v = _pad_last(q, dv), _pad_last(k, dv), _pad_last(v, d)
+    flat = lambda x: x.reshape((-1, *x.shape[-3:]))  # the fused op takes exactly one batch axis
+    out = jax.nn.dot_product_attention(
+        flat(q),
+        flat(k),
+        flat(v),
+        bias=None if bias is None else _flat_heads(bias, batch_shape),
+        mask=None if mask is None else _flat_heads(mask, batch_shape),
+        scale=scale,
+    )
+    out = out.reshape((*batch_shape, *out.shape[-3:]))[..., :dv]
+    if mask is not None:
+        # The fused op gives a fully masked row the mean of v; the kernel contract says zeros.
+        has_key = jnp.swapaxes(jnp.any(mask, axis=-1), -1, -2)[..., None]  # [..., Tq, h, 1]
+        out = jnp.where(has_key, out, 0.0)
+    return out
+
+
+def _pad_last(x: Array, size: int) -> Array:
+    pad = size - x.shape[-1]
+    return x if pad <= 0 else jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
+
+
+def _flat_heads(x: Array, batch_shape: tuple[int, ...]) -> Array:
+    """Broadcastable ``[..., h, Tq, Tk]`` -> 4-D ``[B or 1, h, Tq, Tk]`` for the fused op."""
+    x = jnp.asarray(x)
+    x = x.reshape((1,) * (len(batch_shape) + 3 - x.ndim) + x.shape)
+    lead = x.shape[: len(batch_shape)]
+    if all(n == 1 for n in lead):
+        return x.reshape((1, *x.shape[-3:]))
+    return jnp.broadcast_to(x, (*batch_shape, *x.shape[-3:])).reshape((-1, *x.shape[-3:]))
+
+
+def _has_fast_path(kernel: str) -> bool:
+    return kernels.lookup(kernel).softmax_form is not None
+
+
+def multi_head_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    kernel: str = "softmax",
+    mask: Array | None = None,
+    implementation: Implementation = "auto",
+    **options,
+) -> Array:
+    """Attention output ``[..., Tq, heads, dv]``; ``auto`` takes the fused path when it exists."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown implementation {implementation!r}; valid: {IMPLEMENTATIONS}")
+    fast = implementation == "fast" or (implementation == "auto" and _has_fast_path(kernel))
+    attend = fused_attention if fast else explicit_attention
+    return attend(q, k, v, kernel=kernel, mask=mask, **options)
+
+
+class MultiHeadAttention(nn.Module):
+    """Q, K, V and output projections as separately named submodules around a pure kernel.
+
+    Parameter paths read ``.../query/kernel``, ``.../key/kernel``, ``.../value/kernel`` and
+    ``.../out/kernel``, which is what :mod:`attn_dynamics.freezing` selects on.
+    """
+
+    num_heads: int
+    qk_features: int  # heads * head_dim of queries and keys
+    v_features: int | None = None  # heads * head_dim of values; defaults to qk_features
+    out_features: int | None = None  # None: no output projection (heads concatenated)
+    kernel: str = "softmax"
+    kernel_options: Mapping[str, Any] | None = None  # e.g. {'sigma2': 4.0}
+    implementation: Implementation = "auto"
+    use_bias: bool = True
+    qk_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+    v_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+    dtype: Any = None
+
+    def setup(self):
+        for name, features in (("qk_features", self.qk_features), ("v_features", self._v_features)):
+            if features % self.num_heads:
+                raise ValueError(f"{name}={features} is not divisible by heads={self.num_heads}")
+        dense = lambda features, init: nn.Dense(
+            features, use_bias=self.use_bias, kernel_init=init, dtype=self.dtype
+        )
+        self.query = dense(self.qk_features, self.qk_init)
+        self.key = dense(self.qk_features, self.qk_init)
+        self.value = dense(self._v_features, self.v_init)
+        if self.out_features is not None:
+            self.out = nn.Dense(self.out_features, use_bias=self.use_bias, dtype=self.dtype)
+
+    @property
+    def _v_features(self) -> int:
+        return self.v_features or self.qk_features
+
+    def _split_heads(self, x: Array) -> Array:
+        return x.reshape((*x.shape[:-1], self.num_heads, x.shape[-1] // self.num_heads))
+
+    def _queries_keys(self, inputs_q, inputs_kv, qkv_bias):
+        q, k = self.query(inputs_q), self.key(inputs_kv)
+        bq, bk, _ = qkv_bias or (None, None, None)
+        q = q if bq is None else q + bq.astype(q.dtype)
+        k = k if bk is None else k + bk.astype(k.dtype)
+        return self._split_heads(q), self._split_heads(k)
+
+    def __call__(
+        self,
+        inputs_q: Array,
+        inputs_kv: Array | None = None,
+        mask: Array | None = None,
+        qkv_bias: tuple[Array | None, Array | None, Array | None] | None = None,
+    ) -> Array:
+        """``inputs [..., T, D] -> [..., T, out_features or v_features]``.
+
+        ``qkv_bias`` are extra per-position biases ``[T, features]`` added to the projected
+        queries, keys and values (FLOATER's q/k/v-bias form); None entries add nothing.
+        """
+        inputs_kv = inputs_q if inputs_kv is None else inputs_kv
+        q, k = self._queries_keys(inputs_q, inputs_kv, qkv_bias)
+        v = self.value(inputs_kv)
+        bv = (qkv_bias or (None, None, None))[2]
+        v = self._split_heads(v if bv is None else v + bv.astype(v.dtype))
+        out = multi_head_attention(
+            q,
+            k,
+            v,
+            kernel=self.kernel,
+            mask=mask,
+            implementation=self.implementation,
+            **dict(self.kernel_options or {}),
+        )
+        out = out.reshape((*out.shape[:-2], self._v_features))
+        return out if self.out_features is None else self.out(out)
+
+    def attention_weights(
+        self,
+        inputs_q: Array,
+        inputs_kv: Array | None = None,
+        mask: Array | None = None,
+        qkv_bias: tuple[Array | None, Array | None, Array | None] | None = None,
+    ) -> Array:
+        """The ``[..., heads, Tq, Tk]`` weight matrix (explicit path; for diagnostics and plots)."""
+        inputs_kv = inputs_q if inputs_kv is None else inputs_kv
+        q, k = self._queries_keys(inputs_q, inputs_kv, qkv_bias)
+        return attention_weights(
+            q, k, kernel=self.kernel, mask=mask, **dict(self.kernel_options or {})
+        )

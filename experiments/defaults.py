@@ -1,0 +1,118 @@
+"""The full config schema with defaults; every ``configs/*.py`` starts from :func:`base_config`.
+
+Configs are locked ConfigDicts, so a typo in an override fails loudly. Fields whose default is
+"unset" are ``placeholder``s, because a ``None`` default could not be overridden from the
+command line.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    # Independent replicas trained in one compiled program (vmapped over this axis). The seed
+    # sets initialisation and dropout only; the data comes from `data.seed`.
+    c.seeds = (0,)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "theory"  # 'theory' (one attention layer) | 'encoder' (classifier)
+    c.model.kernel = "softmax"  # any name in attn_dynamics.kernels.names()
+    c.model.sigma2 = config_dict.placeholder(float)  # Gaussian bandwidth; unset: sqrt(head_dim)
+    c.model.implementation = "auto"  # 'auto' | 'fast' | 'explicit'
+    c.model.num_heads = 1
+    # theory model
+    c.model.dim = 64  # token dimension d (= data.dim)
+    c.model.out_dim = 1  # output dimension per token (= data.out_dim)
+    c.model.output_projection = False
+    c.model.qk_init_scale = 1.0  # W_Q, W_K ~ N(0, scale^2 / d)
+    c.model.v_init_scale = 1.0  # W_V ~ N(0, scale^2 / d)
+    # encoder classifier
+    c.model.num_classes = 2
+    c.model.vocab_size = 257
+    c.model.num_layers = 2
+    c.model.embed_dim = 64
+    c.model.mlp_dim = 128
+    c.model.embedding = "tokens"  # 'tokens' | 'dense'
+    c.model.pooling = "mean"  # 'mean' | 'cls'
+    c.model.max_len = 1024
+    c.model.dropout_rate = 0.0
+    c.model.position = "sinusoidal"  # any name in attn_dynamics.position.names()
+    c.model.floater = floater_config()
+
+    c.data = synthetic_regression_config(c.model)
+
+    c.train = ml_collections.ConfigDict()
+    c.train.trainable = "QKV"  # letters of the trained attention matrices, or 're:<regex>'
+    c.train.trainable_layers = config_dict.placeholder(tuple)  # letter spec on these blocks only
+    c.train.optimizer = "gd"  # 'gd' | 'sgd' | 'momentum' | 'adam' | 'adamw'
+    c.train.learning_rate = 0.1
+    c.train.schedule = "constant"  # 'constant' | 'cosine' | 'warmup_cosine' | 'linear'
+    c.train.warmup_steps = 0
+    c.train.momentum = 0.9  # for 'momentum'
+    c.train.b1 = 0.9
+    c.train.b2 = 0.999
+    c.train.weight_decay = 0.0  # for 'adamw'
+    c.train.grad_clip_norm = config_dict.placeholder(float)
+    c.train.num_steps = 1000
+    c.train.log_every = 10
+    c.train.eval_every = 0  # 0: only at the end
+    c.train.checkpoint_every = 500
+    c.train.keep_checkpoints = 3
+    c.train.loss_threshold = 1e-3  # "converged": loss <= threshold * initial loss
+    c.train.stop_at_threshold = False  # stop once every seed reached the threshold
+    c.train.init_from = config_dict.placeholder(str)  # checkpoint dir to warm-start params from
+    c.train.progress_bar = True
+    c.train.deterministic_gpu = False  # --xla_gpu_deterministic_ops=true (opt-in, logged)
+    return c
+
+
+def synthetic_regression_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The theory setting: n samples of N tokens in d dimensions; d and out_dim follow the model."""
+    d = ml_collections.ConfigDict()
+    d.name = "synthetic_regression"
+    d.num_samples = 8  # n
+    d.seq_len = 4  # N
+    d.dim = model.get_ref("dim")
+    d.out_dim = model.get_ref("out_dim")
+    d.targets = "random"  # 'random' | 'teacher'
+    d.teacher_kernel = "softmax"
+    d.input_scale = 1.0
+    d.batch_size = 0  # 0: full batch (gradient descent)
+    d.seed = 0
+    return d
+
+
+def floater_config() -> ml_collections.ConfigDict:
+    """FLOATER (neural-ODE position encoding); used when model.position == 'floater'."""
+    f = ml_collections.ConfigDict()
+    f.injection = "qkv_bias"  # 'input' | 'every_layer' | 'qkv_bias'
+    f.hidden_dim = 0  # hidden width of h; 0: the model dimension
+    f.solver = "rk4"  # 'rk4' (fixed step dt/rk4_substeps) | 'tsit5' | 'dopri5'
+    f.dt = 0.01  # t_i = i * dt (reference code 0.01; the paper text says 0.1)
+    f.rk4_substeps = 5
+    f.rtol = 1e-3
+    f.atol = 1e-6
+    f.adjoint = "recursive_checkpoint"  # 'recursive_checkpoint' | 'backsolve'
+    f.max_steps = 4096
+    f.warm_start = False  # zero last layer of h and zero p(0): identical to no FLOATER at step 0
+    f.update_every = 1  # re-solve every k steps, cached in between
+    return f
+
+
+def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Shrink any experiment to seconds (tests, notebooks)."""
+    c.train.num_steps = min(c.train.num_steps, 20)
+    c.train.log_every = 5
+    c.train.eval_every = 10
+    c.train.checkpoint_every = 10
+    c.train.progress_bar = False
+    c.seeds = tuple(c.seeds[:2])
+    if c.model.name == "encoder":
+        c.model.num_layers = min(c.model.num_layers, 2)
+        c.model.embed_dim = 16
+        c.model.mlp_dim = 32
+        c.model.max_len = min(c.model.max_len, 64)
+    return c
