@@ -1,0 +1,92 @@
+"""Orbax checkpoints of a run: params, optimiser state, step, RNG, data position, tracker.
+
+The data position is the step itself: every dataset's ``train_batch(step)`` is a deterministic
+function of the step, so a resumed run sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+
+import jax
+import orbax.checkpoint as ocp
+
+from attn_dynamics import freezing
+
+
+class Checkpointer:
+    def __init__(self, directory: pathlib.Path, keep: int):
+        self.manager = ocp.CheckpointManager(
+            directory.absolute(),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        )
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        # Saving is asynchronous: wait, or the last checkpoint may be half-written at exit.
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+    @staticmethod
+    def _payload(state: dict, frozen: dict) -> dict:
+        return {
+            "step": state["step"],
+            "params": freezing.merge(state["trainable"], frozen),
+            "opt_state": state["opt_state"],
+            "alive": state["alive"],
+            "rng": jax.random.key_data(state["rng"]),
+            "data_position": state["step"],
+        }
+
+    def save(self, step: int, state: dict, frozen: dict, tracker_state: dict) -> None:
+        if step in self.manager.all_steps():
+            return
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(self._payload(state, frozen)),
+                tracker=ocp.args.JsonSave(tracker_state),
+            ),
+        )
+
+    def restore_latest(self, state: dict, frozen: dict, mask) -> tuple[dict, dict] | None:
+        """The newest checkpoint that restores cleanly, as ``(state, tracker_state)``.
+
+        ``state`` and ``frozen`` are a fresh run's, used as the abstract restore target (which
+        also re-lays a checkpoint out on this run's mesh). A corrupt or half-written checkpoint
+        is skipped with a warning, falling back to the previous one.
+        """
+        template = jax.tree.map(ocp.utils.to_shape_dtype_struct, self._payload(state, frozen))
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                restored = self.manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(template),
+                        tracker=ocp.args.JsonRestore(),
+                    ),
+                )
+            except Exception as e:  # noqa: BLE001 -- any failure means "not usable"
+                first_line = (str(e).splitlines() or [type(e).__name__])[0][:200]
+                logging.warning(
+                    "checkpoint at step %d is unreadable (%s); falling back to an older one",
+                    step, first_line,
+                )
+                continue
+            payload = restored["state"]
+            trainable, _ = freezing.split(payload["params"], mask)
+            state = {
+                "step": payload["step"],
+                "trainable": trainable,
+                "opt_state": payload["opt_state"],
+                "alive": payload["alive"],
+                "rng": jax.random.wrap_key_data(payload["rng"]),
+            }
+            return state, restored["tracker"]
+        return None

@@ -1,0 +1,521 @@
+"""Training: ``train_and_evaluate(config, workdir)``, which the CLI and notebooks call.
+
+One jitted, donated step trains every seed of ``config.seeds`` at once (vmap over a leading
+seed axis of params and optimiser state); the batch is shared by the seeds and sharded over a
+1-D ``data`` mesh of every device. Gradients are taken w.r.t. the trainable leaves only and the
+optimiser holds state for them only (see :mod:`attn_dynamics.freezing`).
+
+A seed whose loss or update is not finite is *diverged*: its parameters stay at the last finite
+values (so no checkpoint ever holds a NaN) and it is reported; the run stops once every seed has
+diverged, with ``status: diverged``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import pathlib
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from attn_dynamics import attention, data, diagnostics, freezing, kernels, models, position
+from experiments import checkpointing, logs
+
+PyTree = Any
+INIT_STREAM, DROPOUT_STREAM = 0, 1  # fold_in ids: changing the frozen set never changes init
+
+MODELS = ("theory", "encoder")
+OPTIMIZERS = ("gd", "sgd", "momentum", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "linear")
+# Fields that may differ when an existing workdir is resumed (they do not change the run).
+RESUMABLE_CHANGES = ("train.num_steps", "train.progress_bar", "train.stop_at_threshold")
+
+
+class ConfigError(ValueError):
+    """Bad user input, found before anything expensive runs; the CLI exits 2 with it."""
+
+
+# --------------------------------------------------------------------------------------------
+# Building blocks from the config
+
+
+def build_model(config: ml_collections.ConfigDict, info: dict):
+    m = config.model
+    kernel_options = {} if m.sigma2 is None else {"sigma2": m.sigma2}
+    if m.name == "theory":
+        return models.TheoryModel(
+            dim=info["dim"],
+            out_dim=info["out_dim"],
+            num_heads=m.num_heads,
+            kernel=m.kernel,
+            kernel_options=kernel_options,
+            output_projection=m.output_projection,
+            qk_init_scale=m.qk_init_scale,
+            v_init_scale=m.v_init_scale,
+            implementation=m.implementation,
+        )
+    return models.EncoderClassifier(
+        num_classes=info["num_classes"],
+        vocab_size=info.get("vocab_size", m.vocab_size),
+        num_layers=m.num_layers,
+        embed_dim=m.embed_dim,
+        mlp_dim=m.mlp_dim,
+        num_heads=m.num_heads,
+        kernel=m.kernel,
+        kernel_options=kernel_options,
+        implementation=m.implementation,
+        embedding=m.embedding,
+        pooling=m.pooling,
+        position=m.position,
+        position_options=position_options(config),
+        max_len=max(m.max_len, info.get("seq_len", 0)),
+        dropout_rate=m.dropout_rate,
+    )
+
+
+def position_options(config) -> dict:
+    return dict(config.model.floater) if config.model.position == "floater" else {}
+
+
+def build_optimizer(t: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    lr: Any = t.learning_rate
+    if t.schedule == "cosine":
+        lr = optax.cosine_decay_schedule(t.learning_rate, t.num_steps)
+    elif t.schedule == "warmup_cosine":
+        lr = optax.warmup_cosine_decay_schedule(
+            0.0, t.learning_rate, t.warmup_steps, max(t.num_steps, t.warmup_steps + 1)
+        )
+    elif t.schedule == "linear":
+        lr = optax.linear_schedule(t.learning_rate, 0.0, t.num_steps)
+    opt = {
+        "gd": lambda: optax.sgd(lr),  # full batch: data.batch_size = 0
+        "sgd": lambda: optax.sgd(lr),
+        "momentum": lambda: optax.sgd(lr, momentum=t.momentum),
+        "adam": lambda: optax.adam(lr, b1=t.b1, b2=t.b2),
+        "adamw": lambda: optax.adamw(lr, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay),
+    }[t.optimizer]()
+    if t.grad_clip_norm is not None:
+        opt = optax.chain(optax.clip_by_global_norm(t.grad_clip_norm), opt)
+    return opt
+
+
+def trainable_spec(t: ml_collections.ConfigDict):
+    layers = None if t.trainable_layers is None else tuple(int(i) for i in t.trainable_layers)
+    return t.trainable, layers
+
+
+def example_inputs(model, info: dict, batch: dict) -> tuple:
+    if isinstance(model, models.TheoryModel):
+        return (batch["inputs"],)
+    return (batch["inputs"], batch["valid"])
+
+
+# --------------------------------------------------------------------------------------------
+# Validation: every check that can fail on user input runs before any compilation
+
+
+def _choice(what: str, value, valid) -> None:
+    if value not in valid:
+        raise ConfigError(f"unknown {what} {value!r}; valid choices: {list(valid)}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    m, t = config.model, config.train
+    _choice("config.model.name", m.name, MODELS)
+    _choice("config.model.kernel", m.kernel, kernels.names())
+    _choice("config.model.implementation", m.implementation, attention.IMPLEMENTATIONS)
+    if m.implementation == "fast" and kernels.lookup(m.kernel).softmax_form is None:
+        fast = [n for n in kernels.names() if kernels.lookup(n).softmax_form is not None]
+        raise ConfigError(
+            f"config.model.implementation='fast' needs a softmax kernel, not {m.kernel!r}; "
+            f"valid: {fast} (or implementation='explicit')"
+        )
+    if m.name == "encoder":
+        _choice("config.model.position", m.position, position.names())
+        _choice("config.model.pooling", m.pooling, ("mean", "cls"))
+        _choice("config.model.embedding", m.embedding, ("tokens", "dense"))
+    _choice("config.train.optimizer", t.optimizer, OPTIMIZERS)
+    _choice("config.train.schedule", t.schedule, SCHEDULES)
+    seeds = tuple(config.seeds)
+    if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
+        raise ConfigError(f"config.seeds must be distinct integers, got {seeds!r}")
+    for name in ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+        if t[name] <= 0:
+            raise ConfigError(f"config.train.{name} must be positive, got {t[name]!r}")
+    if not (isinstance(t.learning_rate, float | int) and t.learning_rate > 0):
+        raise ConfigError(f"config.train.learning_rate must be positive, got {t.learning_rate!r}")
+
+
+def check_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+    """Writable, and if it holds a run, a run of this config (else nothing there is touched)."""
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / f".write-probe-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"workdir {str(workdir)!r} is not writable ({e.strerror})") from None
+    saved = workdir / "config.json"
+    if saved.exists():
+        before, now = _flatten(json.loads(saved.read_text())), _flatten(_config_dict(config))
+        changed = sorted(
+            k for k in set(before) | set(now)
+            if before.get(k) != now.get(k) and k not in RESUMABLE_CHANGES
+        )
+        if changed:
+            raise ConfigError(
+                f"workdir {str(workdir)!r} holds a run of another config (differs in "
+                f"{changed[:5]}); use a fresh --workdir or the same config to resume"
+            )
+
+
+def _config_dict(config) -> dict:
+    return json.loads(config.to_json_best_effort())
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Losses and steps (pure; vmapped over the seed axis)
+
+
+def make_loss(model, task: str) -> Callable:
+    """``loss(params, batch, rng) -> (loss, aux)`` for the training objective."""
+    if task == "regression":
+
+        def loss(params, batch, rng):
+            preds = model.apply({"params": params}, batch["inputs"])
+            return models.regression_loss(preds, batch["targets"]), {}
+
+    else:
+
+        def loss(params, batch, rng):
+            logits = model.apply(
+                {"params": params}, batch["inputs"], batch["valid"], train=True,
+                rngs={"dropout": rng},
+            )
+            acc = jnp.mean((jnp.argmax(logits, -1) == batch["labels"]).astype(jnp.float32))
+            return models.classification_loss(logits, batch["labels"]), {"accuracy": acc}
+
+    return loss
+
+
+def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, frozen_init) -> Callable:
+    """``step(state, frozen, init_trainable, batch) -> (state, metrics)`` over all seeds."""
+
+    def one_seed(trainable, opt_state, alive, rng, frozen, init_trainable, step, batch):
+        params_of = lambda t: freezing.merge(t, frozen)
+        (loss, aux), grads = jax.value_and_grad(
+            lambda t: loss_fn(params_of(t), batch, jax.random.fold_in(rng, step)), has_aux=True
+        )(trainable)
+        updates, new_opt_state = tx.update(grads, opt_state, trainable)
+        new_trainable = optax.apply_updates(trainable, updates)
+        finite = jnp.isfinite(loss) & _all_finite(new_trainable)
+        ok = alive & finite
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+        metrics = {
+            "loss": loss,
+            "finite": finite,
+            **aux,
+            "grad_norm": diagnostics.global_norm(grads),
+            "update_norm": diagnostics.global_norm(updates),
+            "param_norm": diagnostics.global_norm(trainable),
+            "dist_from_init": diagnostics.global_norm(
+                jax.tree.map(jnp.subtract, trainable, init_trainable)
+            ),
+            **_prefixed("param_norm", diagnostics.norms_by_matrix(params_of(trainable))),
+            **_prefixed("grad_norm", diagnostics.norms_by_matrix(grads)),
+            **_prefixed("update_norm", diagnostics.norms_by_matrix(updates)),
+        }
+        return keep(new_trainable, trainable), keep(new_opt_state, opt_state), ok, metrics
+
+    seeds = jax.vmap(one_seed, in_axes=(0, 0, 0, 0, 0, 0, None, None))
+
+    def step(state, frozen, init_trainable, batch):
+        trainable, opt_state, alive, metrics = seeds(
+            state["trainable"], state["opt_state"], state["alive"], state["rng"],
+            frozen, init_trainable, state["step"], batch,
+        )
+        new_state = dict(state, trainable=trainable, opt_state=opt_state, alive=alive,
+                         step=state["step"] + 1)
+        return new_state, metrics
+
+    return step
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def _prefixed(prefix: str, d: dict) -> dict:
+    return {f"{prefix}/{k}": v for k, v in d.items()}
+
+
+def make_theory_diagnostics(model) -> Callable:
+    """Per-seed theory quantities on a batch: sigma_min(Phi) and singular-value ratios."""
+
+    def one_seed(params, x):
+        weights = model.apply({"params": params}, x, method=models.TheoryModel.attention_weights)
+        return diagnostics.theory_quantities(params, weights, x)
+
+    return jax.jit(jax.vmap(one_seed, in_axes=(0, None)))
+
+
+def make_eval_step(model, task: str) -> Callable:
+    """Weighted sums ``(loss * w, correct * w, w)`` over a batch for every seed."""
+
+    def one_seed(params, batch, terms):
+        if task == "regression":
+            preds = model.apply({"params": params}, batch["inputs"])
+            per_example = 0.5 * jnp.sum(
+                jnp.square(preds - batch["targets"]).reshape(preds.shape[0], -1), axis=-1
+            )
+            correct = jnp.zeros_like(per_example)
+        else:
+            logits = model.apply(
+                {"params": params}, batch["inputs"], batch["valid"], position_terms=terms
+            ).astype(jnp.float32)
+            log_probs = jax.nn.log_softmax(logits)
+            per_example = -jnp.take_along_axis(log_probs, batch["labels"][:, None], -1)[:, 0]
+            correct = (jnp.argmax(logits, -1) == batch["labels"]).astype(jnp.float32)
+        w = batch.get("weight", jnp.ones_like(per_example))
+        return jnp.sum(per_example * w), jnp.sum(correct * w), jnp.sum(w)
+
+    return jax.jit(jax.vmap(one_seed, in_axes=(0, None, 0)))
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+
+
+def seed_keys(seeds, stream: int) -> jax.Array:
+    return jnp.stack([jax.random.fold_in(jax.random.key(s), stream) for s in seeds])
+
+
+def init_params(model, seeds, example: tuple) -> PyTree:
+    """``vmap(init)`` over the seeds: a stack with a leading seed axis."""
+    init = lambda k: model.init(k, *example)["params"]
+    return jax.vmap(init)(seed_keys(seeds, INIT_STREAM))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
+    """Train ``config`` in ``workdir`` (resuming what is there) and return the summary."""
+    workdir = pathlib.Path(workdir)
+    t_start = time.time()
+    validate(config)
+    check_workdir(workdir, config)
+    if config.train.deterministic_gpu:
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true"
+        ).strip()
+    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    try:
+        ds = data.get_dataset(config.data, mesh=mesh)
+    except data.DatasetNotPrepared:
+        raise
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    info = ds.info
+    seeds = tuple(config.seeds)
+    model = build_model(config, info)
+    first_batch = ds.train_batch(0)
+    example = example_inputs(model, info, first_batch)
+    spec, layers = trainable_spec(config.train)
+    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), *example)["params"])
+    try:
+        mask = freezing.trainable_mask(abstract, spec, layers)
+        if not jax.tree_util.tree_leaves(freezing.split(abstract, mask)[0]):
+            raise ValueError(f"trainable spec {spec!r} leaves no parameter to train")
+    except ValueError as e:
+        raise ConfigError(f"config.train.trainable: {e}") from None
+
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    logs.setup_logging(workdir)
+    logging.info("jax %s on %s", jax.__version__, jax.devices())
+
+    tx = build_optimizer(config.train)
+    params = init_params(model, seeds, example)
+    trainable0, frozen = freezing.split(params, mask)
+    replicated = NamedSharding(mesh, P())
+    state = {
+        "step": jnp.zeros((), jnp.int32),
+        "trainable": trainable0,
+        "opt_state": jax.vmap(tx.init)(trainable0),
+        "alive": jnp.ones((len(seeds),), bool),
+        "rng": seed_keys(seeds, DROPOUT_STREAM),
+    }
+    state, frozen, trainable0 = jax.device_put((state, frozen, trainable0), replicated)
+    trainable0 = jax.tree.map(jnp.copy, trainable0)  # not aliased with the donated state
+
+    ckpt = checkpointing.Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
+    tracker = logs.Tracker(seeds, config.train.loss_threshold)
+    restored = ckpt.restore_latest(state, frozen, mask)
+    if restored is not None:
+        state, tracker_state = restored
+        state = jax.device_put(state, replicated)
+        tracker.load(tracker_state)
+        logging.info("resumed from step %d", int(state["step"]))
+    start = int(state["step"])
+    writer = logs.MetricWriter(workdir, seeds, truncate_after=start)
+
+    loss_fn = make_loss(model, info["task"])
+    step_fn = jax.jit(make_train_step(loss_fn, tx, frozen), donate_argnums=0)
+    t_compile = time.time()
+    batch = ds.train_batch(start)
+    compiled = step_fn.lower(state, frozen, trainable0, batch).compile()
+    compile_seconds = time.time() - t_compile
+    theory_diag = make_theory_diagnostics(model) if info["task"] == "regression" else None
+
+    num_steps = config.train.num_steps
+    stop = _StopFlag()
+    progress = logs.progress_bar(config.train.progress_bar, start, num_steps)
+    pending = None
+    status = "done"
+    step = start
+
+    def flush(pending):
+        if pending is None:
+            return
+        at, metrics, params_for_diag, batch_for_diag = pending
+        host = jax.device_get(metrics)
+        if params_for_diag is not None:
+            host.update(jax.device_get(theory_diag(params_for_diag, batch_for_diag["inputs"])))
+        tracker.update(at, host)
+        if at % config.train.log_every == 0 or at == num_steps - 1:
+            writer.write(at, host, alive=np.asarray(tracker.alive))
+            progress.set_postfix(loss=f"{tracker.mean_loss(host):.3e}")
+
+    with stop.installed(), ckpt:
+        for step in range(start, num_steps):
+            if stop.requested or not tracker.any_alive or tracker.all_converged_and_stop(
+                config.train.stop_at_threshold
+            ):
+                break
+            batch = ds.train_batch(step) if step != start else batch
+            logged = step % config.train.log_every == 0 or step == num_steps - 1
+            diag_params = None
+            if logged and theory_diag is not None:
+                diag_params = freezing.merge(state["trainable"], frozen)
+                diag_params = jax.tree.map(jnp.copy, diag_params)  # survives donation
+            state, metrics = compiled(state, frozen, trainable0, batch)
+            flush(pending)
+            pending = (step, metrics, diag_params, batch if diag_params is not None else None)
+            progress.update(1)
+            if (step + 1) % config.train.checkpoint_every == 0:
+                flush(pending)
+                pending = None
+                ckpt.save(step + 1, state, frozen, tracker.state())
+        flush(pending)
+        final_step = int(state["step"])
+        if not tracker.any_alive:
+            status = "diverged"
+        elif stop.requested:
+            status = "interrupted"
+        ckpt.save(final_step, state, frozen, tracker.state())
+    progress.close()
+
+    params = freezing.merge(state["trainable"], frozen)
+    evaluation = evaluate(model, info["task"], ds, params) if status != "interrupted" else {}
+    if evaluation:
+        writer.write_eval(final_step, evaluation)
+    if tracker.any_diverged and status == "done":
+        status = "diverged"  # some seeds diverged, the others finished
+    summary = tracker.summary(
+        status=status,
+        final_step=final_step,
+        evaluation=evaluation,
+        max_frozen_change=max_frozen_change(frozen, init_params(model, seeds, example), mask),
+        wall_seconds=time.time() - t_start,
+        compile_seconds=compile_seconds,
+        environment=logs.environment(),
+    )
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    writer.close()
+    logs.plot_curves(workdir)
+    if status == "diverged":
+        print(f"run diverged; see {workdir / 'summary.json'}", file=sys.stderr)
+    return summary
+
+
+def evaluate(model, task: str, ds, params) -> dict:
+    """Per split: mean loss (and accuracy for classification) for every seed."""
+    eval_step = make_eval_step(model, task)
+    out = {}
+    for split in ds.eval_splits:
+        totals, terms = None, None
+        for batch in ds.eval_batches(split):
+            if terms is None and isinstance(model, models.EncoderClassifier):
+                # Position terms once per split (a FLOATER solve per evaluation, not per batch).
+                terms = _position_terms(model, params, batch["inputs"].shape[1])
+            sums = np.asarray(jax.device_get(eval_step(params, batch, terms)))
+            totals = sums if totals is None else totals + sums
+        if totals is None:
+            continue
+        loss, correct, weight = totals
+        out[split] = {"loss": (loss / weight).tolist()}
+        if task != "regression":
+            out[split]["accuracy"] = (correct / weight).tolist()
+    return out
+
+
+def _position_terms(model, params, length: int):
+    length += model.pooling == "cls"
+    fn = lambda p: model.apply({"params": p}, length, method=models.EncoderClassifier.position_terms)
+    return jax.jit(jax.vmap(fn))(params)
+
+
+def max_frozen_change(frozen, initial_params, mask) -> float:
+    """Largest |change| of any frozen parameter since initialisation (must be exactly 0.0)."""
+    _, frozen0 = freezing.split(initial_params, mask)
+    diffs = jax.tree.map(lambda a, b: jnp.max(jnp.abs(a - b)), frozen, frozen0)
+    leaves = jax.tree_util.tree_leaves(diffs)
+    return float(max((float(x) for x in leaves), default=0.0))
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM request a checkpoint and a clean exit instead of killing the run."""
+
+    def __init__(self):
+        self.requested = False
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second signal: give up immediately
+            raise KeyboardInterrupt
+        self.requested = True
+        logging.warning("signal %d: saving a checkpoint and stopping", signum)
+
+    @contextlib.contextmanager
+    def installed(self):
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for s in previous:
+                signal.signal(s, self._handle)
+        except ValueError:  # not the main thread (e.g. some notebook runners): no handlers
+            previous = {}
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
