@@ -186,14 +186,14 @@ class EncoderClassifier(nn.Module):
             valid = jnp.concatenate([jnp.ones((batch, 1), bool), valid], axis=1)
         terms = self.position_terms(x.shape[1]) if position_terms is None else position_terms
         if terms.at_input is not None:
-            x = x + terms.at_input[: x.shape[1]].astype(x.dtype)
+            x = x + terms.at_input[None, : x.shape[1]].astype(x.dtype)
         mask = valid[:, None, None, :]  # [B, heads=1, Tq=1, Tk]: padding keys are never attended
         for i, block in enumerate(self.blocks):
             if terms.per_layer is not None:
-                x = x + terms.per_layer[i, : x.shape[1]].astype(x.dtype)
+                x = x + terms.per_layer[i, None, : x.shape[1]].astype(x.dtype)
             qkv_bias = None
             if terms.qkv_bias is not None:
-                qkv_bias = tuple(terms.qkv_bias[i, j, : x.shape[1]] for j in range(3))
+                qkv_bias = tuple(terms.qkv_bias[i, j, None, : x.shape[1]] for j in range(3))
             x = block(x, mask, qkv_bias, train=train)
         x = self.final_norm(x)
         if self.pooling == "cls":
