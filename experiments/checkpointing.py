@@ -39,24 +39,20 @@ class Checkpointer:
             "step": state["step"],
             "params": freezing.merge(state["trainable"], frozen),
             "opt_state": state["opt_state"],
-            "alive": state["alive"],
+            "outcome": state["outcome"],
             "rng": jax.random.key_data(state["rng"]),
             "data_position": state["step"],
         }
 
-    def save(self, step: int, state: dict, frozen: dict, tracker_state: dict) -> None:
+    def save(self, step: int, state: dict, frozen: dict) -> None:
         if step in self.manager.all_steps():
             return
         self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(self._payload(state, frozen)),
-                tracker=ocp.args.JsonSave(tracker_state),
-            ),
+            step, args=ocp.args.Composite(state=ocp.args.StandardSave(self._payload(state, frozen)))
         )
 
-    def restore_latest(self, state: dict, frozen: dict, mask) -> tuple[dict, dict] | None:
-        """The newest checkpoint that restores cleanly, as ``(state, tracker_state)``.
+    def restore_latest(self, state: dict, frozen: dict, mask) -> dict | None:
+        """The state of the newest checkpoint that restores cleanly.
 
         ``state`` and ``frozen`` are a fresh run's, used as the abstract restore target (which
         also re-lays a checkpoint out on this run's mesh). A corrupt or half-written checkpoint
@@ -67,10 +63,7 @@ class Checkpointer:
             try:
                 restored = self.manager.restore(
                     step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(template),
-                        tracker=ocp.args.JsonRestore(),
-                    ),
+                    args=ocp.args.Composite(state=ocp.args.StandardRestore(template)),
                 )
             except Exception as e:  # noqa: BLE001 -- any failure means "not usable"
                 first_line = (str(e).splitlines() or [type(e).__name__])[0][:200]
@@ -81,12 +74,11 @@ class Checkpointer:
                 continue
             payload = restored["state"]
             trainable, _ = freezing.split(payload["params"], mask)
-            state = {
+            return {
                 "step": payload["step"],
                 "trainable": trainable,
                 "opt_state": payload["opt_state"],
-                "alive": payload["alive"],
+                "outcome": payload["outcome"],
                 "rng": jax.random.wrap_key_data(payload["rng"]),
             }
-            return state, restored["tracker"]
         return None

@@ -39,92 +39,41 @@ def environment() -> dict:
     }
 
 
-class Tracker:
-    """Per-seed outcome of a run: initial loss, first step at the threshold, divergence."""
+def summarize(outcome: dict, seeds, *, status: str, final_step: int, loss_threshold: float,
+              evaluation: dict, **extra) -> dict:
+    """summary.json: run-level figures and one record per seed from the tracked outcome."""
+    per_seed = []
+    for i, seed in enumerate(seeds):
+        initial, last = _float(outcome["initial_loss"][i]), _float(outcome["last_loss"][i])
+        hit, diverged = int(outcome["threshold_step"][i]), int(outcome["diverged_at"][i])
+        per_seed.append({
+            "seed": seed,
+            "status": status if outcome["alive"][i] else "diverged",
+            "initial_loss": initial,
+            "final_loss": last,
+            "min_loss": _float(outcome["min_loss"][i]),
+            "relative_final_loss": _ratio(last, initial),
+            "steps_to_threshold": hit if hit >= 0 else None,
+            "diverged_at": diverged if diverged >= 0 else None,
+            **{f"eval/{split}/{k}": v[i] for split, d in evaluation.items() for k, v in d.items()},
+        })
+    finals = [s["final_loss"] for s in per_seed if s["final_loss"] is not None]
+    return {
+        "status": status,
+        "final_step": final_step,
+        "loss_threshold": loss_threshold,
+        "final_loss": float(np.mean(finals)) if finals else None,
+        "fraction_converged": float(np.mean([s["steps_to_threshold"] is not None
+                                             for s in per_seed])),
+        "evaluation": evaluation,
+        **extra,
+        "seeds": per_seed,
+    }
 
-    def __init__(self, seeds: tuple[int, ...], threshold: float):
-        self.seeds = list(seeds)
-        self.threshold = threshold
-        n = len(seeds)
-        self.initial_loss: list[float | None] = [None] * n
-        self.last_loss: list[float | None] = [None] * n
-        self.min_loss: list[float | None] = [None] * n
-        self.threshold_step: list[int | None] = [None] * n
-        self.diverged_at: list[int | None] = [None] * n
-        self.alive = [True] * n
-        self.last_step = -1
 
-    def state(self) -> dict:
-        return {k: getattr(self, k) for k in self._FIELDS}
-
-    _FIELDS = ("initial_loss", "last_loss", "min_loss", "threshold_step", "diverged_at",
-               "alive", "last_step")
-
-    def load(self, state: dict) -> None:
-        for k in self._FIELDS:
-            setattr(self, k, state[k])
-
-    def update(self, step: int, metrics: dict) -> None:
-        loss, finite = np.asarray(metrics["loss"]), np.asarray(metrics["finite"])
-        for i in range(len(self.seeds)):
-            if not self.alive[i]:
-                continue
-            if not finite[i]:
-                self.alive[i], self.diverged_at[i] = False, step
-                logging.error("seed %d diverged at step %d (loss %s)", self.seeds[i], step, loss[i])
-                continue
-            value = float(loss[i])
-            if self.initial_loss[i] is None:
-                self.initial_loss[i] = value
-            self.last_loss[i] = value
-            self.min_loss[i] = value if self.min_loss[i] is None else min(self.min_loss[i], value)
-            if self.threshold_step[i] is None and value <= self.threshold * self.initial_loss[i]:
-                self.threshold_step[i] = step
-        self.last_step = step
-
-    @property
-    def any_alive(self) -> bool:
-        return any(self.alive)
-
-    @property
-    def any_diverged(self) -> bool:
-        return not all(self.alive)
-
-    def all_converged_and_stop(self, stop_at_threshold: bool) -> bool:
-        live = [s for s, a in zip(self.threshold_step, self.alive) if a]
-        return stop_at_threshold and bool(live) and all(s is not None for s in live)
-
-    def mean_loss(self, metrics: dict) -> float:
-        loss = np.asarray(metrics["loss"], np.float64)
-        live = loss[np.asarray(self.alive)]
-        return float(np.mean(live)) if live.size else float("nan")
-
-    def summary(self, *, status: str, final_step: int, evaluation: dict, **extra) -> dict:
-        per_seed = []
-        for i, seed in enumerate(self.seeds):
-            per_seed.append({
-                "seed": seed,
-                "status": "diverged" if not self.alive[i] else status,
-                "initial_loss": self.initial_loss[i],
-                "final_loss": self.last_loss[i],
-                "min_loss": self.min_loss[i],
-                "relative_final_loss": _ratio(self.last_loss[i], self.initial_loss[i]),
-                "steps_to_threshold": self.threshold_step[i],
-                "diverged_at": self.diverged_at[i],
-                **{f"eval/{split}/{k}": v[i] for split, d in evaluation.items() for k, v in d.items()},
-            })
-        finals = [s["final_loss"] for s in per_seed if s["final_loss"] is not None]
-        return {
-            "status": status,
-            "final_step": final_step,
-            "loss_threshold": self.threshold,
-            "final_loss": float(np.mean(finals)) if finals else None,
-            "fraction_converged": float(np.mean([s["steps_to_threshold"] is not None
-                                                 for s in per_seed])),
-            "evaluation": evaluation,
-            **extra,
-            "seeds": per_seed,
-        }
+def _float(x) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None
 
 
 def _ratio(a, b):

@@ -221,10 +221,15 @@ def make_loss(model, task: str) -> Callable:
     return loss
 
 
-def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, frozen_init) -> Callable:
-    """``step(state, frozen, init_trainable, batch) -> (state, metrics)`` over all seeds."""
+def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, threshold: float):
+    """``step(state, frozen, init_trainable, batch) -> (state, metrics)`` over all seeds.
 
-    def one_seed(trainable, opt_state, alive, rng, frozen, init_trainable, step, batch):
+    Each seed's outcome (initial, last and min loss, first step at ``threshold * initial``,
+    divergence step) is tracked on the device inside ``state``, so the host needs to fetch
+    nothing between logging steps and every step is still accounted for exactly.
+    """
+
+    def one_seed(trainable, opt_state, outcome, rng, frozen, init_trainable, step, batch):
         params_of = lambda t: freezing.merge(t, frozen)
         (loss, aux), grads = jax.value_and_grad(
             lambda t: loss_fn(params_of(t), batch, jax.random.fold_in(rng, step)), has_aux=True
@@ -232,11 +237,10 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, frozen_
         updates, new_opt_state = tx.update(grads, opt_state, trainable)
         new_trainable = optax.apply_updates(trainable, updates)
         finite = jnp.isfinite(loss) & _all_finite(new_trainable)
-        ok = alive & finite
+        ok = outcome["alive"] & finite
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
         metrics = {
             "loss": loss,
-            "finite": finite,
             **aux,
             "grad_norm": diagnostics.global_norm(grads),
             "update_norm": diagnostics.global_norm(updates),
@@ -248,20 +252,45 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, frozen_
             **_prefixed("grad_norm", diagnostics.norms_by_matrix(grads)),
             **_prefixed("update_norm", diagnostics.norms_by_matrix(updates)),
         }
-        return keep(new_trainable, trainable), keep(new_opt_state, opt_state), ok, metrics
+        outcome = track_outcome(outcome, step, loss, finite, threshold)
+        return keep(new_trainable, trainable), keep(new_opt_state, opt_state), outcome, metrics
 
     seeds = jax.vmap(one_seed, in_axes=(0, 0, 0, 0, 0, 0, None, None))
 
     def step(state, frozen, init_trainable, batch):
-        trainable, opt_state, alive, metrics = seeds(
-            state["trainable"], state["opt_state"], state["alive"], state["rng"],
+        trainable, opt_state, outcome, metrics = seeds(
+            state["trainable"], state["opt_state"], state["outcome"], state["rng"],
             frozen, init_trainable, state["step"], batch,
         )
-        new_state = dict(state, trainable=trainable, opt_state=opt_state, alive=alive,
+        new_state = dict(state, trainable=trainable, opt_state=opt_state, outcome=outcome,
                          step=state["step"] + 1)
         return new_state, metrics
 
     return step
+
+
+def initial_outcome(num_seeds: int) -> dict:
+    # Distinct arrays per field: the state is donated, and one buffer cannot be donated twice.
+    nan = lambda: jnp.full((num_seeds,), jnp.nan, jnp.float32)
+    never = lambda: jnp.full((num_seeds,), -1, jnp.int32)
+    return {"alive": jnp.ones((num_seeds,), bool), "diverged_at": never(),
+            "threshold_step": never(), "initial_loss": nan(), "last_loss": nan(),
+            "min_loss": nan()}
+
+
+def track_outcome(o: dict, step, loss, finite, threshold: float) -> dict:
+    """One seed's outcome after the loss of ``step`` (a no-op once the seed has diverged)."""
+    live = o["alive"] & finite
+    initial = jnp.where(jnp.isnan(o["initial_loss"]) & live, loss, o["initial_loss"])
+    reached = live & (o["threshold_step"] < 0) & (loss <= threshold * initial)
+    return {
+        "alive": live,
+        "diverged_at": jnp.where(o["alive"] & ~finite, step, o["diverged_at"]),
+        "threshold_step": jnp.where(reached, step, o["threshold_step"]),
+        "initial_loss": initial,
+        "last_loss": jnp.where(live, loss, o["last_loss"]),
+        "min_loss": jnp.where(live, jnp.fmin(loss, o["min_loss"]), o["min_loss"]),
+    }
 
 
 def _all_finite(tree) -> jax.Array:
@@ -363,88 +392,99 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         "step": jnp.zeros((), jnp.int32),
         "trainable": trainable0,
         "opt_state": jax.vmap(tx.init)(trainable0),
-        "alive": jnp.ones((len(seeds),), bool),
+        "outcome": initial_outcome(len(seeds)),
         "rng": seed_keys(seeds, DROPOUT_STREAM),
     }
     state, frozen, trainable0 = jax.device_put((state, frozen, trainable0), replicated)
     trainable0 = jax.tree.map(jnp.copy, trainable0)  # not aliased with the donated state
 
     ckpt = checkpointing.Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
-    tracker = logs.Tracker(seeds, config.train.loss_threshold)
     restored = ckpt.restore_latest(state, frozen, mask)
     if restored is not None:
-        state, tracker_state = restored
-        state = jax.device_put(state, replicated)
-        tracker.load(tracker_state)
+        state = jax.device_put(restored, replicated)
         logging.info("resumed from step %d", int(state["step"]))
     start = int(state["step"])
     writer = logs.MetricWriter(workdir, seeds, truncate_after=start)
 
     loss_fn = make_loss(model, info["task"])
-    step_fn = jax.jit(make_train_step(loss_fn, tx, frozen), donate_argnums=0)
+    step_fn = jax.jit(
+        make_train_step(loss_fn, tx, config.train.loss_threshold), donate_argnums=0
+    )
     t_compile = time.time()
     batch = ds.train_batch(start)
     compiled = step_fn.lower(state, frozen, trainable0, batch).compile()
     compile_seconds = time.time() - t_compile
     theory_diag = make_theory_diagnostics(model) if info["task"] == "regression" else None
 
-    num_steps = config.train.num_steps
+    num_steps, log_every = config.train.num_steps, config.train.log_every
     stop = _StopFlag()
     progress = logs.progress_bar(config.train.progress_bar, start, num_steps)
-    pending = None
-    status = "done"
-    step = start
+    pending = None  # metrics of the last logged step, fetched one logged step late
 
     def flush(pending):
         if pending is None:
             return
-        at, metrics, params_for_diag, batch_for_diag = pending
+        at, metrics, diag_params, diag_inputs = pending
         host = jax.device_get(metrics)
-        if params_for_diag is not None:
-            host.update(jax.device_get(theory_diag(params_for_diag, batch_for_diag["inputs"])))
-        tracker.update(at, host)
-        if at % config.train.log_every == 0 or at == num_steps - 1:
-            writer.write(at, host, alive=np.asarray(tracker.alive))
-            progress.set_postfix(loss=f"{tracker.mean_loss(host):.3e}")
+        if diag_params is not None:
+            host.update(jax.device_get(theory_diag(diag_params, diag_inputs)))
+        alive = np.asarray(host.pop("alive"))
+        writer.write(at, host, alive=alive)
+        live = np.asarray(host["loss"])[alive]
+        progress.set_postfix(loss=f"{np.mean(live) if live.size else float('nan'):.3e}")
+        return alive
+
+    def should_stop(alive) -> bool:
+        if alive is not None and not alive.any():
+            return True
+        if config.train.stop_at_threshold:
+            o = jax.device_get(state["outcome"])
+            return bool(np.all((o["threshold_step"] >= 0) | ~o["alive"]))
+        return False
 
     with stop.installed(), ckpt:
         for step in range(start, num_steps):
-            if stop.requested or not tracker.any_alive or tracker.all_converged_and_stop(
-                config.train.stop_at_threshold
-            ):
-                break
-            batch = ds.train_batch(step) if step != start else batch
-            logged = step % config.train.log_every == 0 or step == num_steps - 1
-            diag_params = None
+            if step != start:
+                batch = ds.train_batch(step)
+            logged = step % log_every == 0 or step == num_steps - 1
+            diag = (None, None)
             if logged and theory_diag is not None:
-                diag_params = freezing.merge(state["trainable"], frozen)
-                diag_params = jax.tree.map(jnp.copy, diag_params)  # survives donation
+                # Parameters *at* this step (before its update), copied out of the donated state.
+                diag = (jax.tree.map(jnp.copy, freezing.merge(state["trainable"], frozen)),
+                        jax.device_put(batch["inputs"], replicated))  # SVD wants it whole
+            alive_before = jnp.copy(state["outcome"]["alive"]) if logged else None
             state, metrics = compiled(state, frozen, trainable0, batch)
-            flush(pending)
-            pending = (step, metrics, diag_params, batch if diag_params is not None else None)
             progress.update(1)
+            if logged:
+                alive = flush(pending)
+                pending = (step, dict(metrics, alive=alive_before), *diag)
+                if stop.requested or should_stop(alive):
+                    break
             if (step + 1) % config.train.checkpoint_every == 0:
-                flush(pending)
-                pending = None
-                ckpt.save(step + 1, state, frozen, tracker.state())
+                ckpt.save(step + 1, state, frozen)
         flush(pending)
         final_step = int(state["step"])
-        if not tracker.any_alive:
-            status = "diverged"
-        elif stop.requested:
-            status = "interrupted"
-        ckpt.save(final_step, state, frozen, tracker.state())
+        ckpt.save(final_step, state, frozen)
     progress.close()
 
+    outcome = jax.device_get(state["outcome"])
+    status = "done"
+    if not outcome["alive"].any():
+        status = "diverged"
+    elif stop.requested:
+        status = "interrupted"
     params = freezing.merge(state["trainable"], frozen)
     evaluation = evaluate(model, info["task"], ds, params) if status != "interrupted" else {}
     if evaluation:
         writer.write_eval(final_step, evaluation)
-    if tracker.any_diverged and status == "done":
+    if status == "done" and not outcome["alive"].all():
         status = "diverged"  # some seeds diverged, the others finished
-    summary = tracker.summary(
+    summary = logs.summarize(
+        outcome,
+        seeds,
         status=status,
         final_step=final_step,
+        loss_threshold=config.train.loss_threshold,
         evaluation=evaluation,
         max_frozen_change=max_frozen_change(frozen, init_params(model, seeds, example), mask),
         wall_seconds=time.time() - t_start,
