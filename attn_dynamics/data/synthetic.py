@@ -1,0 +1,111 @@
+"""``synthetic_regression``: the theory's setting, ``n`` samples of ``N`` tokens in ``d`` dims.
+
+``X ~ N(0, input_scale^2)`` iid, shape ``[n, N, d]``. Targets are iid ``N(0, 1)``
+(``targets='random'``) or the output of a random :class:`~attn_dynamics.models.TheoryModel`
+teacher with kernel ``teacher_kernel`` (``targets='teacher'``). No files.
+
+``batch_size = 0`` is full batch (gradient descent): every step returns the whole data set.
+Otherwise minibatches walk a fresh permutation of the ``n`` samples every epoch. The only eval
+split is ``'train'`` (the theory is about the training loss).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+import numpy as np
+
+from attn_dynamics.data import base
+
+TARGETS = ("random", "teacher")
+X_STREAM, Y_STREAM, TEACHER_STREAM = 10, 11, 12
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The fields of ``experiments.defaults.synthetic_regression_config`` (there ``dim`` and
+    ``out_dim`` are references to the model's)."""
+    d = ml_collections.ConfigDict()
+    d.name = "synthetic_regression"
+    d.num_samples = 8  # n
+    d.seq_len = 4  # N
+    d.dim = 64  # d
+    d.out_dim = 1
+    d.targets = "random"  # 'random' | 'teacher'
+    d.teacher_kernel = "softmax"
+    d.input_scale = 1.0
+    d.batch_size = 0  # 0: full batch (gradient descent)
+    d.seed = 0
+    return d
+
+
+def make_data(config) -> tuple[np.ndarray, np.ndarray]:
+    """``(X [n, N, d], Y [n, N, out_dim])`` as float32 NumPy arrays."""
+    n, seq, dim, out = (int(config[k]) for k in ("num_samples", "seq_len", "dim", "out_dim"))
+    seed = int(config.seed)
+    x = np.random.default_rng([seed, X_STREAM]).standard_normal((n, seq, dim))
+    x = (float(config.input_scale) * x).astype(np.float32)
+    if config.targets == "random":
+        y = np.random.default_rng([seed, Y_STREAM]).standard_normal((n, seq, out))
+        return x, y.astype(np.float32)
+    import jax
+
+    from attn_dynamics import models
+
+    teacher = models.TheoryModel(dim=dim, out_dim=out, kernel=config.teacher_kernel)
+    key = jax.random.fold_in(jax.random.key(seed), TEACHER_STREAM)
+    params = teacher.init(key, x[:1])
+    y = np.asarray(jax.jit(teacher.apply)(params, x), np.float32)
+    return x, y
+
+
+class SyntheticRegression(base.Dataset):
+    name = "synthetic_regression"
+    eval_splits = ("train",)
+
+    def __init__(self, config, mesh=None):
+        super().__init__(config, mesh)
+        base.check_fields(config, list(default_config()), self.name)
+        if config.targets not in TARGETS:
+            raise ValueError(f"unknown targets {config.targets!r}; valid: {list(TARGETS)}")
+        if config.targets == "teacher":
+            from attn_dynamics import kernels
+
+            kernels.lookup(config.teacher_kernel)  # ValueError listing the valid kernels
+        for field in ("num_samples", "seq_len", "dim", "out_dim"):
+            if int(config[field]) <= 0:
+                raise ValueError(f"{self.name}: {field} must be positive, got {config[field]}")
+        n = int(config.num_samples)
+        bs = int(config.batch_size)
+        if bs < 0 or bs > n:
+            raise ValueError(f"{self.name}: batch_size must be in [0, num_samples={n}], got {bs}")
+        self.full_batch = bs == 0
+        self.train_batch_size = self.eval_batch_size = n if self.full_batch else bs
+        self.train_size = n
+        self._check_batch_sizes()
+        self.info = {
+            "task": "regression",
+            "dim": int(config.dim),
+            "out_dim": int(config.out_dim),
+            "seq_len": int(config.seq_len),
+            "num_samples": n,
+            "train_size": n,
+            "full_batch": self.full_batch,
+        }
+        self._data: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._data is None:  # built on first use: get_dataset stays cheap
+            self._data = make_data(self.config)
+        return self._data
+
+    def _train_indices(self, step: int) -> np.ndarray:
+        if self.full_batch:
+            return np.arange(self.train_size)
+        return self._shuffled_indices(step)
+
+    def _examples(self, split: str, indices: np.ndarray) -> dict[str, np.ndarray]:
+        x, y = self.arrays
+        return {"inputs": x[indices], "targets": y[indices]}
+
+    def _eval_size(self, split: str) -> int:
+        return self.train_size
