@@ -264,7 +264,7 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, thresho
         )
         new_state = dict(state, trainable=trainable, opt_state=opt_state, outcome=outcome,
                          step=state["step"] + 1)
-        return new_state, metrics
+        return new_state, dict(metrics, alive_after=outcome["alive"])
 
     return step
 
@@ -354,7 +354,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     workdir = pathlib.Path(workdir)
     t_start = time.time()
     validate(config)
-    check_workdir(workdir, config)
     if config.train.deterministic_gpu:
         os.environ["XLA_FLAGS"] = (
             os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true"
@@ -379,9 +378,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             raise ValueError(f"trainable spec {spec!r} leaves no parameter to train")
     except ValueError as e:
         raise ConfigError(f"config.train.trainable: {e}") from None
+    check_workdir(workdir, config)  # last check: nothing is written before every check passed
 
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
     logs.setup_logging(workdir)
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it writes
     logging.info("jax %s on %s", jax.__version__, jax.devices())
 
     tx = build_optimizer(config.train)
@@ -429,21 +430,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         if diag_params is not None:
             host.update(jax.device_get(theory_diag(diag_params, diag_inputs)))
         alive = np.asarray(host.pop("alive"))
+        host.pop("alive_after")
         writer.write(at, host, alive=alive)
         live = np.asarray(host["loss"])[alive]
         progress.set_postfix(loss=f"{np.mean(live) if live.size else float('nan'):.3e}")
-        return alive
 
-    def should_stop(alive) -> bool:
-        if alive is not None and not alive.any():
-            return True
+    def should_stop() -> bool:
         if config.train.stop_at_threshold:
             o = jax.device_get(state["outcome"])
             return bool(np.all((o["threshold_step"] >= 0) | ~o["alive"]))
         return False
 
+    previous_alive = None  # the step before's `alive`, read one step late: no stall
     with stop.installed(), ckpt:
         for step in range(start, num_steps):
+            if previous_alive is not None and not np.asarray(previous_alive).any():
+                break  # every seed has diverged
             if step != start:
                 batch = ds.train_batch(step)
             logged = step % log_every == 0 or step == num_steps - 1
@@ -454,11 +456,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                         jax.device_put(batch["inputs"], replicated))  # SVD wants it whole
             alive_before = jnp.copy(state["outcome"]["alive"]) if logged else None
             state, metrics = compiled(state, frozen, trainable0, batch)
+            previous_alive = metrics["alive_after"]
             progress.update(1)
             if logged:
-                alive = flush(pending)
+                flush(pending)
                 pending = (step, dict(metrics, alive=alive_before), *diag)
-                if stop.requested or should_stop(alive):
+                if stop.requested or should_stop():
                     break
             if (step + 1) % config.train.checkpoint_every == 0:
                 ckpt.save(step + 1, state, frozen)
