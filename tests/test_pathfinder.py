@@ -1,0 +1,163 @@
+"""The Pathfinder generator: label balance, labels checked by an independent flood fill,
+determinism, the dataset around it, the LRA-files path, and the sample grid."""
+
+from __future__ import annotations
+
+import io
+from collections import deque
+
+import numpy as np
+import pytest
+
+from attn_dynamics import data
+from attn_dynamics.data import pathfinder, testing
+
+
+def connected(image: np.ndarray, a: tuple[int, int], b: tuple[int, int], radius: int) -> bool:
+    """Breadth-first search over ink pixels (> 0), neighbours within Chebyshev ``radius``."""
+    ink = image > 0
+    n_rows, n_cols = ink.shape
+    seen = np.zeros_like(ink)
+    seen[a] = True
+    queue = deque([a])
+    offsets = [
+        (dy, dx)
+        for dy in range(-radius, radius + 1)
+        for dx in range(-radius, radius + 1)
+        if dy or dx
+    ]
+    while queue:
+        y, x = queue.popleft()
+        if (y, x) == b:
+            return True
+        for dy, dx in offsets:
+            yy, xx = y + dy, x + dx
+            if 0 <= yy < n_rows and 0 <= xx < n_cols and ink[yy, xx] and not seen[yy, xx]:
+                seen[yy, xx] = True
+                queue.append((yy, xx))
+    return False
+
+
+def check_images(spec: pathfinder.Spec, count: int, seed: int = 0) -> float:
+    labels = []
+    for i in range(count):
+        image, label, (m0, m1) = pathfinder.generate_image(spec, seed, i, details=True)
+        assert image.shape == (spec.resolution,) * 2 and image.dtype == np.uint8
+        r = spec.marker_radius
+        for y, x in (m0, m1):  # the markers are drawn, fully bright
+            assert (image[y - r : y + r + 1, x - r : x + r + 1][r, :] == 255).all()
+        assert connected(image, m0, m1, spec.link) == bool(label), (spec, seed, i)
+        labels.append(label)
+    return float(np.mean(labels))
+
+
+def test_balance_and_connectivity_2000_images():
+    spec = pathfinder.Spec.make(32, 14)
+    assert spec.link == 1  # at 32x32 the check is a plain 8-connected flood fill
+    balance = check_images(spec, 2000)
+    assert 0.45 <= balance <= 0.55, balance
+
+
+@pytest.mark.parametrize(
+    "resolution,length,count", [(32, 6, 200), (32, 9, 200), (32, 20, 200), (64, 14, 60)]
+)
+def test_connectivity_other_difficulties(resolution, length, count):
+    spec = pathfinder.Spec.make(resolution, length)
+    balance = check_images(spec, count, seed=1)
+    assert 0.3 < balance < 0.7
+
+
+def test_difficulty_means_longer_contours():
+    ink = {}
+    for length in (6, 14, 20):
+        spec = pathfinder.Spec.make(32, length)
+        ink[length] = np.mean(
+            [(pathfinder.generate_image(spec, 0, i)[0] > 0).mean() for i in range(30)]
+        )
+    assert ink[6] < ink[14] < ink[20]
+
+
+def test_deterministic_random_access():
+    spec = pathfinder.Spec.make(32, 14)
+    a = [pathfinder.generate_image(spec, 3, i) for i in (5, 0, 9)]
+    b = [pathfinder.generate_image(spec, 3, i) for i in (9, 5, 0)]
+    for (x, lx), (y, ly) in zip(a, [b[1], b[2], b[0]], strict=True):
+        np.testing.assert_array_equal(x, y)
+        assert lx == ly
+    assert not np.array_equal(a[0][0], pathfinder.generate_image(spec, 4, 5)[0])
+    test_image = pathfinder.generate_image(spec, 3, 5, stream=3)[0]
+    assert not np.array_equal(a[0][0], test_image)  # train and test streams differ
+
+
+def test_generated_dataset_matches_generator():
+    c = data.default_config("pathfinder")
+    c.batch_size, c.eval_batch_size, c.train_size, c.eval_size = 8, 8, 64, 10
+    ds = data.get_dataset(c)
+    batch = ds.train_batch(2)
+    for row, index in enumerate(ds._train_indices(2)):
+        image, label = pathfinder.generate_image(ds.spec, c.seed, int(index))
+        np.testing.assert_array_equal(batch["inputs"][row], image.reshape(-1))
+        assert batch["labels"][row] == label
+    assert batch["valid"].all() and ds.info["seq_len"] == 1024
+    assert [len(b["labels"]) for b in ds.eval_batches("test")] == [8, 8]
+    c.token_offset = 1
+    assert data.get_dataset(c).train_batch(2)["inputs"].min() == 1
+
+
+def test_bad_configs():
+    c = data.default_config("pathfinder")
+    c.source = "web"
+    with pytest.raises(ValueError, match="valid: \\['generated', 'lra'\\]"):
+        data.get_dataset(c)
+    c = data.default_config("pathfinder")
+    c.resolution = 8
+    with pytest.raises(ValueError, match="resolution"):
+        data.get_dataset(c)
+
+
+def test_lra_source_reads_the_release_layout(tmp_path):
+    from PIL import Image
+
+    manual = testing.write_lra_pathfinder_files(tmp_path / "release", num_images=30)
+    c = data.default_config("pathfinder")
+    c.source, c.data_dir, c.manual_dir, c.download = (
+        "lra",
+        str(tmp_path / "tfds"),
+        str(manual),
+        True,
+    )
+    c.batch_size, c.eval_batch_size = 4, 4
+    ds = data.get_dataset(c)
+    assert ds.eval_splits == ("validation", "test")
+    assert ds.train_size == 24 and ds._eval_size("validation") == ds._eval_size("test") == 3
+    # every record equals its PNG and metadata line
+    folder = manual / "pathfinder32" / "curv_contour_length_14"
+    truth = {}
+    for meta in folder.glob("metadata/*.npy"):
+        for line in meta.read_text().splitlines():
+            d, f, _, label, *_ = line.split()
+            png = np.asarray(Image.open(io.BytesIO((folder / d / f).read_bytes())))
+            truth[png.tobytes()] = int(label)
+    seen = set()
+    for split in ("train", "validation", "test"):
+        size = ds.train_size if split == "train" else ds._eval_size(split)
+        images, labels = ds.images(split, np.arange(size))
+        for image, label in zip(images, labels, strict=True):
+            assert truth[image.tobytes()] == label
+            seen.add(image.tobytes())
+    assert len(seen) == 30  # the three splits partition the records
+    c.contour_length = 6
+    with pytest.raises(ValueError, match="curv_baseline"):
+        data.get_dataset(c)
+
+
+def test_sample_grid(tmp_path):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[1] / "docs" / "make_pathfinder_grid.py"
+    spec = importlib.util.spec_from_file_location("make_pathfinder_grid", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.make_grid(tmp_path / "grid.png", per_row=2)
+    assert out.stat().st_size > 1000
