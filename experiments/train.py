@@ -349,6 +349,14 @@ def init_params(model, seeds, example: tuple) -> PyTree:
     return jax.vmap(init)(seed_keys(seeds, INIT_STREAM))
 
 
+def make_mesh() -> jax.sharding.Mesh:
+    """A 1-D ``data`` mesh of every device. Auto axis type: the compiler propagates shardings
+    (recent jax defaults to Explicit, which would make every gather/SVD spell out its sharding)."""
+    return jax.make_mesh(
+        (jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
+    )
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     """Train ``config`` in ``workdir`` (resuming what is there) and return the summary."""
     workdir = pathlib.Path(workdir)
@@ -358,7 +366,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         os.environ["XLA_FLAGS"] = (
             os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true"
         ).strip()
-    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    mesh = make_mesh()
     try:
         ds = data.get_dataset(config.data, mesh=mesh)
     except data.DatasetNotPrepared:
@@ -453,7 +461,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             if logged and theory_diag is not None:
                 # Parameters *at* this step (before its update), copied out of the donated state.
                 diag = (jax.tree.map(jnp.copy, freezing.merge(state["trainable"], frozen)),
-                        jax.device_put(batch["inputs"], replicated))  # SVD wants it whole
+                        batch["inputs"])
             alive_before = jnp.copy(state["outcome"]["alive"]) if logged else None
             state, metrics = compiled(state, frozen, trainable0, batch)
             previous_alive = metrics["alive_after"]
