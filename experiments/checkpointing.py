@@ -42,6 +42,7 @@ class Checkpointer:
             "outcome": state["outcome"],
             "rng": jax.random.key_data(state["rng"]),
             "data_position": state["step"],
+            **({"position_cache": state["position_cache"]} if "position_cache" in state else {}),
         }
 
     def save(self, step: int, state: dict, frozen: dict) -> None:
@@ -80,5 +81,30 @@ class Checkpointer:
                 "opt_state": payload["opt_state"],
                 "outcome": payload["outcome"],
                 "rng": jax.random.wrap_key_data(payload["rng"]),
+                **({"position_cache": payload["position_cache"]}
+                   if "position_cache" in payload else {}),
             }
         return None
+
+
+def _checkpoint_dir(path: pathlib.Path) -> pathlib.Path:
+    return path / "checkpoints" if (path / "checkpoints").is_dir() else path
+
+
+def latest_step(path: pathlib.Path) -> int | None:
+    """The newest checkpoint step under a run's workdir (or its checkpoints/ folder)."""
+    directory = _checkpoint_dir(path)
+    if not directory.is_dir():
+        return None
+    steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()]
+    return max(steps, default=None)
+
+
+def load_params(path: pathlib.Path) -> dict:
+    """The parameters (seed axis first) of the newest checkpoint of another run."""
+    manager = ocp.CheckpointManager(_checkpoint_dir(path).absolute())
+    try:
+        restored = manager.restore(manager.latest_step())
+    finally:
+        manager.close()
+    return restored["state"]["params"]

@@ -155,6 +155,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for name in ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
         if t[name] <= 0:
             raise ConfigError(f"config.train.{name} must be positive, got {t[name]!r}")
+    if t.init_from is not None and checkpointing.latest_step(pathlib.Path(t.init_from)) is None:
+        raise ConfigError(
+            f"config.train.init_from={t.init_from!r} holds no checkpoint (give a run's workdir "
+            "or its checkpoints/ folder)"
+        )
     if not (isinstance(t.learning_rate, float | int) and t.learning_rate > 0):
         raise ConfigError(f"config.train.learning_rate must be positive, got {t.learning_rate!r}")
 
@@ -204,16 +209,16 @@ def make_loss(model, task: str) -> Callable:
     """``loss(params, batch, rng) -> (loss, aux)`` for the training objective."""
     if task == "regression":
 
-        def loss(params, batch, rng):
+        def loss(params, batch, rng, position_terms=None):
             preds = model.apply({"params": params}, batch["inputs"])
             return models.regression_loss(preds, batch["targets"]), {}
 
     else:
 
-        def loss(params, batch, rng):
+        def loss(params, batch, rng, position_terms=None):
             logits = model.apply(
                 {"params": params}, batch["inputs"], batch["valid"], train=True,
-                rngs={"dropout": rng},
+                rngs={"dropout": rng}, position_terms=position_terms,
             )
             acc = jnp.mean((jnp.argmax(logits, -1) == batch["labels"]).astype(jnp.float32))
             return models.classification_loss(logits, batch["labels"]), {"accuracy": acc}
@@ -221,18 +226,31 @@ def make_loss(model, task: str) -> Callable:
     return loss
 
 
-def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, threshold: float):
+def make_train_step(
+    loss_fn: Callable,
+    tx: optax.GradientTransformation,
+    threshold: float,
+    *,
+    use_cache: bool = False,
+    refresh_cache: Callable | None = None,
+):
     """``step(state, frozen, init_trainable, batch) -> (state, metrics)`` over all seeds.
 
     Each seed's outcome (initial, last and min loss, first step at ``threshold * initial``,
     divergence step) is tracked on the device inside ``state``, so the host needs to fetch
     nothing between logging steps and every step is still accounted for exactly.
+
+    With FLOATER's ``update_every > 1`` the state holds cached position terms: a step with
+    ``use_cache`` treats them as constants; a re-solving step differentiates through the solve
+    and ``refresh_cache(params)`` re-solves from the updated parameters.
     """
 
-    def one_seed(trainable, opt_state, outcome, rng, frozen, init_trainable, step, batch):
+    def one_seed(trainable, opt_state, outcome, rng, cache, frozen, init_trainable, step, batch):
         params_of = lambda t: freezing.merge(t, frozen)
+        terms = cache if use_cache else None
         (loss, aux), grads = jax.value_and_grad(
-            lambda t: loss_fn(params_of(t), batch, jax.random.fold_in(rng, step)), has_aux=True
+            lambda t: loss_fn(params_of(t), batch, jax.random.fold_in(rng, step), terms),
+            has_aux=True,
         )(trainable)
         updates, new_opt_state = tx.update(grads, opt_state, trainable)
         new_trainable = optax.apply_updates(trainable, updates)
@@ -253,17 +271,22 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, thresho
             **_prefixed("update_norm", diagnostics.norms_by_matrix(updates)),
         }
         outcome = track_outcome(outcome, step, loss, finite, threshold)
-        return keep(new_trainable, trainable), keep(new_opt_state, opt_state), outcome, metrics
+        new_trainable = keep(new_trainable, trainable)
+        if cache is not None and refresh_cache is not None:
+            cache = refresh_cache(params_of(new_trainable))
+        return new_trainable, keep(new_opt_state, opt_state), outcome, cache, metrics
 
-    seeds = jax.vmap(one_seed, in_axes=(0, 0, 0, 0, 0, 0, None, None))
+    seeds = jax.vmap(one_seed, in_axes=(0, 0, 0, 0, 0, 0, 0, None, None))
 
     def step(state, frozen, init_trainable, batch):
-        trainable, opt_state, outcome, metrics = seeds(
+        trainable, opt_state, outcome, cache, metrics = seeds(
             state["trainable"], state["opt_state"], state["outcome"], state["rng"],
-            frozen, init_trainable, state["step"], batch,
+            state.get("position_cache"), frozen, init_trainable, state["step"], batch,
         )
         new_state = dict(state, trainable=trainable, opt_state=opt_state, outcome=outcome,
                          step=state["step"] + 1)
+        if cache is not None:
+            new_state["position_cache"] = cache
         return new_state, dict(metrics, alive_after=outcome["alive"])
 
     return step
@@ -404,6 +427,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         "outcome": initial_outcome(len(seeds)),
         "rng": seed_keys(seeds, DROPOUT_STREAM),
     }
+    if config.train.init_from is not None:
+        params = warm_start(params, config.train.init_from)
+        trainable0, frozen = freezing.split(params, mask)
+        state["trainable"], state["opt_state"] = trainable0, jax.vmap(tx.init)(trainable0)
+    update_every = solve_every(config)
+    refresh = None
+    if update_every > 1:
+        refresh = position_refresher(model, info, first_batch)
+        state["position_cache"] = jax.vmap(refresh)(params)
     state, frozen, trainable0 = jax.device_put((state, frozen, trainable0), replicated)
     trainable0 = jax.tree.map(jnp.copy, trainable0)  # not aliased with the donated state
 
@@ -416,12 +448,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     writer = logs.MetricWriter(workdir, seeds, truncate_after=start)
 
     loss_fn = make_loss(model, info["task"])
-    step_fn = jax.jit(
-        make_train_step(loss_fn, tx, config.train.loss_threshold), donate_argnums=0
-    )
+    threshold = config.train.loss_threshold
     t_compile = time.time()
     batch = ds.train_batch(start)
-    compiled = step_fn.lower(state, frozen, trainable0, batch).compile()
+    compile_step = lambda fn: jax.jit(fn, donate_argnums=0).lower(
+        state, frozen, trainable0, batch
+    ).compile()
+    solving_step = compile_step(make_train_step(loss_fn, tx, threshold, refresh_cache=refresh))
+    cached_step = None
+    if update_every > 1:
+        cached_step = compile_step(make_train_step(loss_fn, tx, threshold, use_cache=True))
     compile_seconds = time.time() - t_compile
     theory_diag = make_theory_diagnostics(model) if info["task"] == "regression" else None
 
@@ -463,6 +499,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 diag = (jax.tree.map(jnp.copy, freezing.merge(state["trainable"], frozen)),
                         batch["inputs"])
             alive_before = jnp.copy(state["outcome"]["alive"]) if logged else None
+            compiled = solving_step if step % update_every == 0 else cached_step
             state, metrics = compiled(state, frozen, trainable0, batch)
             previous_alive = metrics["alive_after"]
             progress.update(1)
@@ -508,6 +545,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if status == "diverged":
         print(f"run diverged; see {workdir / 'summary.json'}", file=sys.stderr)
     return summary
+
+
+def solve_every(config) -> int:
+    """FLOATER's ``update_every`` (1: re-solve every step); other encodings solve nothing."""
+    m = config.model
+    if m.name == "encoder" and m.position == "floater":
+        return max(1, int(m.floater.update_every))
+    return 1
+
+
+def position_refresher(model, info: dict, batch: dict) -> Callable:
+    """``params -> position terms`` over the training length, solved once, no gradient."""
+    from attn_dynamics import floater
+
+    length = batch["inputs"].shape[1] + (model.pooling == "cls")
+    return lambda params: floater.cached_terms(model, {"params": params}, length)
+
+
+def warm_start(params: PyTree, source: str) -> PyTree:
+    """Copy every parameter ``source``'s checkpoint shares with ``params`` (same path, shape),
+    keeping the rest: fine-tuning a FLOATER model from a non-FLOATER one, the paper's recipe."""
+    from attn_dynamics import floater
+
+    saved = checkpointing.load_params(pathlib.Path(source))
+    seeds = jax.tree_util.tree_leaves(params)[0].shape[0]
+    saved_seeds = jax.tree_util.tree_leaves(saved)[0].shape[0]
+    if saved_seeds not in (1, seeds):
+        raise ConfigError(
+            f"config.train.init_from={source!r} holds {saved_seeds} seeds; this run trains "
+            f"{seeds} (use 1 or {seeds})"
+        )
+    if saved_seeds != seeds:
+        saved = jax.tree.map(lambda x: jnp.repeat(x, seeds, axis=0), saved)
+    return floater.warm_start_params(params, saved)
 
 
 def evaluate(model, task: str, ds, params) -> dict:

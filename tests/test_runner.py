@@ -287,3 +287,23 @@ def test_sweep_skips_finished_cells_and_report_tabulates(tmp_path):
     table = out.read_text()
     assert "kernel=gaussian,trainable=QKV" in table and "reached threshold" in table
     assert (tmp_path / "loss_curves.png").stat().st_size > 0
+
+
+def test_floater_warm_start_from_a_non_floater_checkpoint_and_update_every(tmp_path):
+    base = smoke_config("order_task", train__num_steps=6, train__log_every=3)
+    train.train_and_evaluate(base, tmp_path / "sinusoidal")
+    # The paper's recipe: a FLOATER model (q/k/v-bias form, warm start) fine-tuned from it
+    # computes exactly what the sinusoidal model computed, before its first update.
+    tuned = smoke_config(
+        "order_task", train__num_steps=6, train__log_every=3, model__position="floater",
+        model__floater__warm_start=True, model__floater__update_every=3,
+        train__init_from=str(tmp_path / "sinusoidal"), train__learning_rate=1e-30,
+    )
+    summary = train.train_and_evaluate(tuned, tmp_path / "floater")
+    before = json.loads((tmp_path / "sinusoidal" / "summary.json").read_text())["evaluation"]
+    assert summary["evaluation"] == before
+    with pytest.raises(train.ConfigError, match="holds no checkpoint"):
+        train.train_and_evaluate(
+            smoke_config("order_task", train__init_from=str(tmp_path / "nothing")),
+            tmp_path / "bad",
+        )
