@@ -156,23 +156,28 @@ def merge_seeds(cells: list[Cell], drop: tuple[str, ...]) -> list[Cell]:
         groups.setdefault(key, []).append(c)
     merged = []
     for key, members in groups.items():
-        cat = lambda attr: np.concatenate([getattr(m, attr) for m in members])
+
+        def cat(attr, members=members):
+            return np.concatenate([getattr(m, attr) for m in members])
+
         first = members[0]
-        merged.append(Cell(
-            name=",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in key) or "all",
-            path=first.path.parent,
-            fields={k: first.fields[k] for k, _ in key},
-            config=first.config,
-            summary=dict(first.summary, status=_worst([m.summary["status"] for m in members])),
-            seeds=cat("seeds"),
-            converged=cat("converged"),
-            steps=cat("steps"),
-            initial_loss=cat("initial_loss"),
-            final_loss=cat("final_loss"),
-            relative_final_loss=cat("relative_final_loss"),
-            diverged=cat("diverged"),
-            init={q: np.concatenate([m.init[q] for m in members]) for q in INIT_QUANTITIES},
-        ))
+        merged.append(
+            Cell(
+                name=",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in key) or "all",
+                path=first.path.parent,
+                fields={k: first.fields[k] for k, _ in key},
+                config=first.config,
+                summary=dict(first.summary, status=_worst([m.summary["status"] for m in members])),
+                seeds=cat("seeds"),
+                converged=cat("converged"),
+                steps=cat("steps"),
+                initial_loss=cat("initial_loss"),
+                final_loss=cat("final_loss"),
+                relative_final_loss=cat("relative_final_loss"),
+                diverged=cat("diverged"),
+                init={q: np.concatenate([m.init[q] for m in members]) for q in INIT_QUANTITIES},
+            )
+        )
     return merged
 
 
@@ -276,13 +281,23 @@ def _groups(cells: list[Cell], field: str | None) -> list[tuple[str, list[Cell]]
     return list(out.items())
 
 
-def plot_init_scatter(cells: list[Cell], path: pathlib.Path, *, panel_field: str | None,
-                      color_field: str | None, quantities=INIT_QUANTITIES[:2]) -> None:
+def plot_init_scatter(
+    cells: list[Cell],
+    path: pathlib.Path,
+    *,
+    panel_field: str | None,
+    color_field: str | None,
+    quantities=INIT_QUANTITIES[:2],
+) -> None:
     """Init quantity (x) vs final/initial loss (y, log), filled = reached eps, hollow = not."""
     plt = _plt()
     panels = _groups(cells, panel_field)
-    fig, axes = plt.subplots(len(quantities), len(panels), squeeze=False,
-                             figsize=(2.8 * len(panels) + 0.6, 2.4 * len(quantities) + 0.4))
+    fig, axes = plt.subplots(
+        len(quantities),
+        len(panels),
+        squeeze=False,
+        figsize=(2.8 * len(panels) + 0.6, 2.4 * len(quantities) + 0.4),
+    )
     colors = {}
     for col, (panel, members) in enumerate(panels):
         for row, q in enumerate(quantities):
@@ -291,10 +306,17 @@ def plot_init_scatter(cells: list[Cell], path: pathlib.Path, *, panel_field: str
                 key = str(field_of(c, color_field)) if color_field else c.name
                 color = colors.setdefault(key, COLORS[len(colors) % len(COLORS)])
                 x, y = c.init[q], np.maximum(c.relative_final_loss, 1e-16)
-                ax.scatter(x[c.converged], y[c.converged], s=16, color=color,
-                           label=f"{key} (reached)")
-                ax.scatter(x[~c.converged], y[~c.converged], s=16, facecolors="none",
-                           edgecolors=color, label=f"{key} (not)")
+                ax.scatter(
+                    x[c.converged], y[c.converged], s=16, color=color, label=f"{key} (reached)"
+                )
+                ax.scatter(
+                    x[~c.converged],
+                    y[~c.converged],
+                    s=16,
+                    facecolors="none",
+                    edgecolors=color,
+                    label=f"{key} (not)",
+                )
             thr = members[0].threshold
             if math.isfinite(thr) and thr > 0:
                 ax.axhline(thr, color="gray", lw=0.8, ls="--")
@@ -307,13 +329,24 @@ def plot_init_scatter(cells: list[Cell], path: pathlib.Path, *, panel_field: str
             ax.tick_params(labelsize=7)
     seen: dict = {}
     for ax in axes[0]:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             seen.setdefault(label, handle)
-    fig.legend(list(seen.values()), list(seen), fontsize=7, loc="lower center",
-               ncol=min(len(seen), 6), frameon=False)
+    fig.legend(
+        list(seen.values()),
+        list(seen),
+        fontsize=7,
+        loc="lower center",
+        ncol=min(len(seen), 6),
+        frameon=False,
+    )
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def short_label(c: Cell) -> str:
+    """The cell's field values, one per line (``softmax\\nQKV``), else its name."""
+    return "\n".join(str(v) for v in c.fields.values()) if c.fields else c.name
 
 
 def plot_final_loss(cells: list[Cell], path: pathlib.Path) -> None:
@@ -325,8 +358,7 @@ def plot_final_loss(cells: list[Cell], path: pathlib.Path) -> None:
         y = np.maximum(c.relative_final_loss, 1e-16)
         x = i + 0.12 * rng.standard_normal(len(y))
         ax.scatter(x[c.converged], y[c.converged], s=12, color="tab:blue")
-        ax.scatter(x[~c.converged], y[~c.converged], s=12, facecolors="none",
-                   edgecolors="tab:red")
+        ax.scatter(x[~c.converged], y[~c.converged], s=12, facecolors="none", edgecolors="tab:red")
         ax.hlines(np.nanmedian(y), i - 0.3, i + 0.3, color="black", lw=1.5)
     thr = cells[0].threshold
     if math.isfinite(thr) and thr > 0:
@@ -334,7 +366,7 @@ def plot_final_loss(cells: list[Cell], path: pathlib.Path) -> None:
         ax.legend(fontsize=7, loc="best")
     ax.set_yscale("log")
     ax.set_xticks(range(len(cells)))
-    ax.set_xticklabels([c.name.replace(",", "\n") for c in cells], fontsize=7)
+    ax.set_xticklabels([short_label(c) for c in cells], fontsize=7)
     ax.set_ylabel("final / initial loss (per seed)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -349,8 +381,9 @@ def loss_matrix(path: pathlib.Path, name: str = "loss") -> tuple[np.ndarray, np.
     return steps, values
 
 
-def plot_curves(cells: list[Cell], path: pathlib.Path, *, relative: bool = True,
-                title: str = "") -> None:
+def plot_curves(
+    cells: list[Cell], path: pathlib.Path, *, relative: bool = True, title: str = ""
+) -> None:
     """Median (relative) training loss per cell with the band between min and max seed."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
@@ -396,37 +429,51 @@ def _header(title: str, cells: list[Cell]) -> str:
 def kernel_subsets(root: pathlib.Path) -> str:
     """Kernel x trainable subset: outcome table, init quantities vs convergence, plots."""
     cells = load_cells(root)
-    plot_init_scatter(cells, root / "init_vs_convergence.png", panel_field="train.trainable",
-                      color_field="model.kernel")
+    plot_init_scatter(
+        cells,
+        root / "init_vs_convergence.png",
+        panel_field="train.trainable",
+        color_field="model.kernel",
+    )
     plot_final_loss(cells, root / "final_loss_distribution.png")
     from experiments import report
 
     report.write_report(root)  # report.md and loss_curves.png, the runner's standard view
     text = _header("Ablation: kernel x trainable subset", cells)
     text += "## Outcome per cell\n\n" + markdown([outcome_row(c) for c in cells])
-    text += ("\n## Initialisation vs convergence\n\nMedians of the step-0 quantities among "
-             "seeds that reached eps (conv.) and those that did not; ρ is the Spearman rank "
-             "correlation over seeds of the quantity with log(final/initial loss) (negative: "
-             "larger values, lower final loss).\n\n")
+    text += (
+        "\n## Initialisation vs convergence\n\nMedians of the step-0 quantities among "
+        "seeds that reached eps (conv.) and those that did not; ρ is the Spearman rank "
+        "correlation over seeds of the quantity with log(final/initial loss) (negative: "
+        "larger values, lower final loss).\n\n"
+    )
     text += markdown([init_row(c) for c in cells])
-    text += ("\n![init vs convergence](init_vs_convergence.png)\n"
-             "![final loss](final_loss_distribution.png)\n![loss curves](loss_curves.png)\n")
+    text += (
+        "\n![init vs convergence](init_vs_convergence.png)\n"
+        "![final loss](final_loss_distribution.png)\n![loss curves](loss_curves.png)\n"
+    )
     return _write(root, "kernel_subsets", text)
 
 
 def q_only(root: pathlib.Path) -> str:
     """Q-only, student-teacher targets: one run per seed, pooled per kernel (and other axes)."""
     cells = merge_seeds(load_cells(root), drop=("seeds",))
-    plot_init_scatter(cells, root / "init_vs_convergence.png", panel_field=None,
-                      color_field=None, quantities=("sigma_min_attention_output",
-                                                    "sv_ratio_q_v"))
+    plot_init_scatter(
+        cells,
+        root / "init_vs_convergence.png",
+        panel_field=None,
+        color_field=None,
+        quantities=("sigma_min_attention_output", "sv_ratio_q_v"),
+    )
     plot_final_loss(cells, root / "final_loss_distribution.png")
     plot_curves_pooled(root, cells, root / "loss_curves.png")
     text = _header("Ablation: only W_Q trained, realisable targets", cells)
     text += "## Outcome per kernel (seeds pooled)\n\n" + markdown([outcome_row(c) for c in cells])
     text += "\n## Initialisation vs convergence\n\n" + markdown([init_row(c) for c in cells])
-    text += ("\n![init vs convergence](init_vs_convergence.png)\n"
-             "![final loss](final_loss_distribution.png)\n![loss curves](loss_curves.png)\n")
+    text += (
+        "\n![init vs convergence](init_vs_convergence.png)\n"
+        "![final loss](final_loss_distribution.png)\n![loss curves](loss_curves.png)\n"
+    )
     return _write(root, "q_only", text)
 
 
@@ -436,8 +483,9 @@ def plot_curves_pooled(root: pathlib.Path, pooled: list[Cell], path: pathlib.Pat
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     runs = load_cells(root)
     for i, c in enumerate(pooled):
-        members = [r for r in runs
-                   if all(str(r.fields.get(k)) == str(v) for k, v in c.fields.items())]
+        members = [
+            r for r in runs if all(str(r.fields.get(k)) == str(v) for k, v in c.fields.items())
+        ]
         curves = [loss_matrix(r.path) for r in members]
         curves = [(s, v) for s, v in curves if len(s)]
         if not curves:
@@ -469,8 +517,10 @@ def overparam(root: pathlib.Path) -> str:
     for c in cells:
         d = float(field_of(c, "model.dim"))
         n_n = float(field_of(c, "data.num_samples")) * float(field_of(c, "data.seq_len"))
-        label = ",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in c.fields.items()
-                         if k != "model.dim") or "all"
+        label = (
+            ",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in c.fields.items() if k != "model.dim")
+            or "all"
+        )
         series.setdefault(label, []).append((d / n_n, c))
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
     rows = []
@@ -484,12 +534,13 @@ def overparam(root: pathlib.Path) -> str:
         axes[0].plot(ratio, frac, "o-", color=color, label=label)
         axes[1].plot(ratio, rel, "o-", color=color, label=label)
         axes[2].plot(ratio, smin, "o-", color=color, label=label)
-        for r, p in zip(ratio, points):
+        for r, p in zip(ratio, points, strict=True):
             row = outcome_row(p[1])
             row["cell"] = p[1].name
             row = {"cell": row.pop("cell"), "d/(nN)": fmt(float(r), 3), **row}
-            row["median σmin(Φ) at init"] = fmt(float(np.nanmedian(
-                p[1].init["sigma_min_attention_output"])))
+            row["median σmin(Φ) at init"] = fmt(
+                float(np.nanmedian(p[1].init["sigma_min_attention_output"]))
+            )
             rows.append(row)
     axes[0].set_ylabel("fraction of seeds reaching eps")
     axes[1].set_ylabel("median final/initial loss")
@@ -529,15 +580,19 @@ def kernels(root: pathlib.Path) -> str:
         split = _test_split(evals)
         if split:
             key = f"eval/{split}/accuracy"
-            pts = [(r["step"], np.asarray(r.get(f"{key}/seeds", [r[key]]), float))
-                   for r in evals if key in r]
+            pts = [
+                (r["step"], np.asarray(r.get(f"{key}/seeds", [r[key]]), float))
+                for r in evals
+                if key in r
+            ]
             es = np.array([p[0] for p in pts])
             acc = np.array([p[1] for p in pts])
             mean, std = acc.mean(1), acc.std(1)
-            axes[1].errorbar(es, mean, yerr=std, color=color, marker="o", ms=3, capsize=2,
-                             label=c.name)
-        row = {"cell": c.name, "seeds": len(c.seeds), "final train loss (mean ± std)":
-               f"{np.nanmean(c.final_loss):.3f} ± {np.nanstd(c.final_loss):.3f}"}
+            axes[1].errorbar(
+                es, mean, yerr=std, color=color, marker="o", ms=3, capsize=2, label=c.name
+            )
+        loss = f"{np.nanmean(c.final_loss):.3f} ± {np.nanstd(c.final_loss):.3f}"
+        row = {"cell": c.name, "seeds": len(c.seeds), "final train loss (mean ± std)": loss}
         for sp, figures in c.summary.get("evaluation", {}).items():
             if "accuracy" in figures:
                 acc = np.asarray(figures["accuracy"], float)
@@ -574,13 +629,14 @@ def extrapolation(root: pathlib.Path) -> str:
     rows = []
     for i, c in enumerate(cells):
         evaluation = c.summary.get("evaluation", {})
-        splits = sorted((s for s in evaluation if s.startswith("len_")),
-                        key=lambda s: int(s.split("_")[1]))
+        splits = sorted(
+            (s for s in evaluation if s.startswith("len_")), key=lambda s: int(s.split("_")[1])
+        )
         lengths = np.array([int(s.split("_")[1]) for s in splits])
         acc = [np.asarray(evaluation[s]["accuracy"], float) for s in splits]
         row = {"cell": c.name, "seeds": len(c.seeds)}
         trained = _train_len(c)
-        for s, length, a in zip(splits, lengths, acc):
+        for length, a in zip(lengths, acc, strict=True):
             tag = f"L={length}" + ("" if trained is None else f" ({length / trained:g}x)")
             row[tag] = f"{a.mean():.3f} ± {a.std():.3f}"
         rows.append(row)
@@ -588,8 +644,9 @@ def extrapolation(root: pathlib.Path) -> str:
             mean = np.array([a.mean() for a in acc])
             std = np.array([a.std() for a in acc])
             color = COLORS[i % len(COLORS)]
-            ax.errorbar(lengths, mean, yerr=std, color=color, marker="o", ms=4, capsize=3,
-                        label=c.name)
+            ax.errorbar(
+                lengths, mean, yerr=std, color=color, marker="o", ms=4, capsize=3, label=c.name
+            )
     ax.set_xlabel("evaluation sequence length")
     ax.set_ylabel("accuracy (mean ± std over seeds)")
     ax.legend(fontsize=7)
@@ -661,14 +718,17 @@ def student_teacher_data(config):
             f"run must train exactly one seed (config.seeds), got {seeds!r}; sweep over seeds"
         )
     n, seq, dim, out = (int(config[k]) for k in ("num_samples", "seq_len", "dim", "out_dim"))
-    x = np.random.default_rng([int(config.seed), synthetic.X_STREAM]).standard_normal(
-        (n, seq, dim))
+    x = np.random.default_rng([int(config.seed), synthetic.X_STREAM]).standard_normal((n, seq, dim))
     x = (float(config.input_scale) * x).astype(np.float32)
     options = {"sigma2": float(config.teacher_sigma2)} if config.teacher_sigma2 else {}
-    teacher = models.TheoryModel(dim=dim, out_dim=out, kernel=config.teacher_kernel,
-                                 kernel_options=options,
-                                 qk_init_scale=float(config.qk_init_scale),
-                                 v_init_scale=float(config.v_init_scale))
+    teacher = models.TheoryModel(
+        dim=dim,
+        out_dim=out,
+        kernel=config.teacher_kernel,
+        kernel_options=options,
+        qk_init_scale=float(config.qk_init_scale),
+        v_init_scale=float(config.v_init_scale),
+    )
     key = jax.random.fold_in(jax.random.key(seeds[0]), train.INIT_STREAM)
     params = teacher.init(key, x[:1])["params"]  # == the student's init (same shapes, same key)
     q_key = jax.random.fold_in(jax.random.key(seeds[0]), TEACHER_Q_STREAM)
@@ -692,12 +752,19 @@ def _student_teacher_class():
             self.full_batch = int(config.batch_size) == 0
             n = int(config.num_samples)
             self.train_batch_size = self.eval_batch_size = (
-                n if self.full_batch else int(config.batch_size))
+                n if self.full_batch else int(config.batch_size)
+            )
             self.train_size = n
             self._check_batch_sizes()
-            self.info = {"task": "regression", "dim": int(config.dim),
-                         "out_dim": int(config.out_dim), "seq_len": int(config.seq_len),
-                         "num_samples": n, "train_size": n, "full_batch": self.full_batch}
+            self.info = {
+                "task": "regression",
+                "dim": int(config.dim),
+                "out_dim": int(config.out_dim),
+                "seq_len": int(config.seq_len),
+                "num_samples": n,
+                "train_size": n,
+                "full_batch": self.full_batch,
+            }
             self._data = None  # built on first use, like the parent's
 
         @property
@@ -714,8 +781,11 @@ def register_student_teacher() -> None:
     from attn_dynamics import data
 
     if "student_teacher_regression" not in data.names():
-        data.register("student_teacher_regression", student_teacher_default_config,
-                      lambda config, mesh=None: _student_teacher_class()(config, mesh))
+        data.register(
+            "student_teacher_regression",
+            student_teacher_default_config,
+            lambda config, mesh=None: _student_teacher_class()(config, mesh),
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -724,8 +794,10 @@ def register_student_teacher() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
     if len(argv) != 3 or argv[1] not in ANALYSES:
-        print(f"usage: python -m experiments.ablations {{{','.join(ANALYSES)}}} RUNDIR",
-              file=sys.stderr)
+        print(
+            f"usage: python -m experiments.ablations {{{','.join(ANALYSES)}}} RUNDIR",
+            file=sys.stderr,
+        )
         return 2
     root = pathlib.Path(argv[2])
     if not root.is_dir():
