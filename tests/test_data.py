@@ -395,3 +395,42 @@ def test_sharding_over_8_devices(tiny_dir):
     for kind in ["imdb", "pathfinder", "order_lookback"]:
         assert "not divisible by the 8 devices" in out[kind], out[kind]
     assert out["shard_batch"] is True
+
+
+# ---- the config files -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["lra_text", "lra_image", "pathfinder", "order_task"])
+@pytest.mark.parametrize("arg", ["", ":smoke"])
+def test_config_files_load_and_override(name, arg, tiny_dir):
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["prog", f"--config={REPO}/configs/{name}.py{arg}", "--config.data.seed=3"]
+    if name in ("lra_text", "lra_image"):
+        argv.append(f"--config.data.data_dir={tiny_dir}")  # a placeholder field: overridable
+    if name == "pathfinder":
+        argv.append("--config.data.manual_dir=/nowhere")
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)
+    fv(argv)
+    c = fv.config
+    assert c.model.name == "encoder" and c.data.seed == 3
+    if name == "pathfinder" and not arg:
+        c.data.batch_size, c.data.eval_size = 4, 4  # keep the check cheap
+    ds = data.get_dataset(c.data)
+    info = ds.info
+    assert c.model.num_classes == info["num_classes"]
+    assert c.model.vocab_size >= info["vocab_size"]
+    assert c.model.max_len >= info["max_len"]
+    if arg:
+        assert info["max_len"] <= 256 and c.train.num_steps <= 20
+
+
+def test_order_task_config_args():
+    from configs import order_task
+
+    assert order_task.get_config("precedence").data.name == "order_precedence"
+    assert order_task.get_config("precedence,smoke").data.train_len == 16
+    with pytest.raises(ValueError, match="unknown args"):
+        order_task.get_config("typo")

@@ -161,3 +161,19 @@ def test_sample_grid(tmp_path):
     spec.loader.exec_module(module)
     out = module.make_grid(tmp_path / "grid.png", per_row=2)
     assert out.stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_worker_processes_draw_the_same_batches():
+    c = data.default_config("pathfinder")
+    c.batch_size, c.train_size = 8, 64
+    plain = data.get_dataset(c)
+    c.workers = 2
+    pooled = data.get_dataset(c)
+    try:
+        for step in (0, 9):
+            a, b = plain.train_batch(step), pooled.train_batch(step)
+            for k in a:
+                np.testing.assert_array_equal(a[k], b[k])
+    finally:
+        pooled.close()
