@@ -153,9 +153,11 @@ class LraSplits:
     """Train / validation / test index ranges over one difficulty split of the prepared data."""
 
     def __init__(self, config, resolution: int, contour_length: int):
-        b = builder(resolution, config.data_dir)
+        with tfds_utils._quiet_missing_info():
+            b = builder(resolution, config.data_dir)
+            prepared = b.is_prepared()
         root = str(pathlib.Path(b.data_dir).parents[2])
-        if not b.is_prepared():
+        if not prepared:
             if config.download and config.manual_dir:
                 b = prepare(config.manual_dir, root, resolution)
             else:

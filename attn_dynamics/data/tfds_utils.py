@@ -8,6 +8,8 @@ the network: that is a one-time step on a machine with internet, see :func:`prep
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 
 from attn_dynamics.data.base import DatasetNotPrepared
@@ -32,6 +34,23 @@ def prepare_command(tfds_name: str, data_dir: str) -> str:
     )
 
 
+class _MissingInfoFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "has no dataset_info.json" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_missing_info():
+    """Hide tfds's warning about an unprepared folder: our own error says it better."""
+    log = logging.getLogger("absl")
+    f = _MissingInfoFilter()
+    log.addFilter(f)
+    try:
+        yield
+    finally:
+        log.removeFilter(f)
+
+
 def open_builder(dataset: str, tfds_name: str, data_dir: str | None, download: bool = False):
     """A prepared tfds builder in ArrayRecord format, or :class:`DatasetNotPrepared` (one line).
 
@@ -39,8 +58,10 @@ def open_builder(dataset: str, tfds_name: str, data_dir: str | None, download: b
     """
     lib = tfds()
     root = os.path.expanduser(data_dir) if data_dir else default_data_dir()
-    builder = lib.builder(tfds_name, data_dir=root, try_gcs=False)
-    if not builder.is_prepared():
+    with _quiet_missing_info():
+        builder = lib.builder(tfds_name, data_dir=root, try_gcs=False)
+        prepared = builder.is_prepared()
+    if not prepared:
         if download:
             builder.download_and_prepare(file_format="array_record")
         else:
