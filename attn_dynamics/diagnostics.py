@@ -21,7 +21,7 @@ Array = jax.Array
 
 
 def attention_output_matrix(weights: Array, x: Array) -> Array:
-    """``Phi``: ``weights [n, h, N, N]`` and ``x [n, N, d]`` -> ``[n*N, h*d]`` (heads side by side)."""
+    """``Phi``: ``weights [n, h, N, N]``, ``x [n, N, d]`` -> ``[n*N, h*d]`` (heads side by side)."""
     per_head = jnp.einsum("nhij,njd->nihd", weights, x)
     return per_head.reshape((-1, per_head.shape[-2] * per_head.shape[-1]))
 
@@ -54,7 +54,10 @@ def theory_quantities(params: dict, weights: Array, x: Array) -> dict[str, Array
 
 
 def matrix_of(path: str) -> str:
-    """The matrix a parameter belongs to: ``block_0/attention/query/kernel`` -> ``block_0/attention/query``."""
+    """The matrix a parameter belongs to.
+
+    ``block_0/attention/query/kernel`` -> ``block_0/attention/query``.
+    """
     return path.rsplit("/", 1)[0] if "/" in path else path
 
 
@@ -70,3 +73,107 @@ def norms_by_matrix(tree) -> dict[str, Array]:
 def global_norm(tree) -> Array:
     leaves = jax.tree_util.tree_leaves(tree)
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
+
+
+# --------------------------------------------------------------------------------------------
+# Loss landscape (Li et al. 2018, "Visualizing the Loss Landscape of Neural Nets") and sharpness
+
+
+def filter_normalized_direction(key: Array, params, mask=None, *, ignore_1d: bool = True):
+    """A random direction like ``params``, each filter rescaled to its parameter's filter norm.
+
+    A *filter* is a slice along the last axis of a leaf with two or more dimensions (an output
+    unit of a ``Dense`` kernel ``[in, out]``, a feature column of an embedding): the direction's
+    slice gets the Gaussian draw scaled to ``||theta_filter|| / ||d_filter||``. One-dimensional
+    leaves (biases, LayerNorm scales) get zero when ``ignore_1d`` (Li et al.'s choice), else the
+    whole leaf is normalised to the leaf's norm. Leaves where ``mask`` (a tree of bools) is False
+    get zero: a frozen matrix is not a direction of the trained loss.
+
+    The draw depends only on ``key`` and the tree structure and shapes, so two models with the
+    same parameter layout (e.g. softmax and Gaussian kernels) get the same random directions,
+    each normalised to its own weights.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    masks = [True] * len(leaves) if mask is None else jax.tree_util.tree_leaves(mask)
+    keys = jax.random.split(key, len(leaves))
+    out = []
+    for k, p, m in zip(keys, leaves, masks, strict=True):
+        p = jnp.asarray(p)
+        d = jax.random.normal(k, p.shape, p.dtype)
+        if not m or (p.ndim < 2 and ignore_1d):
+            out.append(jnp.zeros_like(p))
+            continue
+        axes = tuple(range(p.ndim - 1)) if p.ndim >= 2 else None
+        p_norm = jnp.sqrt(jnp.sum(jnp.square(p), axis=axes, keepdims=p.ndim >= 2))
+        d_norm = jnp.sqrt(jnp.sum(jnp.square(d), axis=axes, keepdims=p.ndim >= 2))
+        out.append(d * p_norm / jnp.maximum(d_norm, jnp.finfo(p.dtype).tiny))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def loss_surface(loss_fn, params, d1, d2, alphas, betas, *, chunk: int = 64) -> Array:
+    """``L(theta + a d1 + b d2)`` on the grid ``alphas x betas``: ``[len(alphas), len(betas)]``.
+
+    ``loss_fn(params) -> scalar``. Grid points are evaluated ``chunk`` at a time (vmapped), so
+    memory stays bounded for large grids and models.
+    """
+    alphas, betas = jnp.asarray(alphas), jnp.asarray(betas)
+    a, b = jnp.meshgrid(alphas, betas, indexing="ij")
+    coords = jnp.stack([a.ravel(), b.ravel()], axis=-1)
+
+    def at(ab):
+        moved = jax.tree.map(lambda p, u, v: p + ab[0] * u + ab[1] * v, params, d1, d2)
+        return loss_fn(moved)
+
+    batched = jax.jit(jax.vmap(at))
+    values = [batched(coords[i : i + chunk]) for i in range(0, coords.shape[0], chunk)]
+    return jnp.concatenate(values).reshape(a.shape)
+
+
+def hvp(loss_fn, params, vector):
+    """Hessian-vector product ``H(theta) v`` (forward-over-reverse: ``jvp`` of ``grad``)."""
+    return jax.jvp(jax.grad(loss_fn), (params,), (vector,))[1]
+
+
+def top_hessian_eigenvalue(loss_fn, params, key: Array, *, num_iters: int = 100, tol: float = 1e-6):
+    """Sharpness: the Hessian eigenvalue of largest magnitude, by power iteration on HVPs.
+
+    Returns ``(eigenvalue, eigenvector, iterations)``; the eigenvector is a pytree like
+    ``params`` with unit norm. Stops when the Rayleigh quotient changes by less than
+    ``tol * |eigenvalue|`` between iterations. Near a minimum the Hessian is (nearly) positive
+    semi-definite and this is the top eigenvalue, the "sharpness" that bounds stable GD step
+    sizes (lr < 2 / sharpness). The Hessian is never formed: memory is that of one gradient.
+    """
+    from jax.flatten_util import ravel_pytree
+
+    flat, unravel = ravel_pytree(params)
+    flat_loss = lambda x: loss_fn(unravel(x))
+    matvec = lambda v: jax.jvp(jax.grad(flat_loss), (flat,), (v,))[1]
+    v0 = jax.random.normal(key, flat.shape, flat.dtype)
+    v0 = v0 / jnp.linalg.norm(v0)
+
+    def cond(state):
+        i, _, lam, prev = state
+        return (i < num_iters) & (jnp.abs(lam - prev) > tol * jnp.abs(lam))
+
+    def body(state):
+        i, v, lam, _ = state
+        hv = matvec(v)
+        new_lam = jnp.vdot(v, hv)
+        norm = jnp.linalg.norm(hv)
+        v = jnp.where(norm > 0, hv / jnp.where(norm > 0, norm, 1.0), v)
+        return i + 1, v, new_lam, lam
+
+    inf = jnp.asarray(jnp.inf, flat.dtype)
+    i, v, lam, _ = jax.jit(lambda s: jax.lax.while_loop(cond, body, s))(
+        (jnp.asarray(0), v0, jnp.asarray(0.0, flat.dtype), inf)
+    )
+    lam = jnp.vdot(v, matvec(v))  # Rayleigh quotient of the final vector
+    return lam, unravel(v), i
+
+
+def dense_hessian(loss_fn, params) -> Array:
+    """The full Hessian over the flattened parameters (tiny models and tests only)."""
+    from jax.flatten_util import ravel_pytree
+
+    flat, unravel = ravel_pytree(params)
+    return jax.hessian(lambda x: loss_fn(unravel(x)))(flat)

@@ -679,6 +679,7 @@ ANALYSES = {
 def student_teacher_default_config():
     """Fields of ``student_teacher_regression`` (see :class:`StudentTeacherRegression`)."""
     import ml_collections
+    from ml_collections import config_dict
 
     d = ml_collections.ConfigDict()
     d.name = "student_teacher_regression"
@@ -691,7 +692,7 @@ def student_teacher_default_config():
     d.student_seeds = (0,)  # the run's config.seeds: the teacher copies that student's W_K, W_V
     d.teacher_q_scale = 3.0  # teacher W_Q ~ N(0, scale^2 / d), drawn independently of the student
     d.teacher_kernel = "softmax"
-    d.teacher_sigma2 = 0.0  # Gaussian bandwidth of the teacher; 0: the kernel's default
+    d.teacher_sigma2 = config_dict.placeholder(float)  # teacher's Gaussian bandwidth (model.sigma2)
     d.qk_init_scale = 1.0  # the student's init scales (so its W_K, W_V can be rebuilt)
     d.v_init_scale = 1.0
     d.batch_size = 0

@@ -1,0 +1,122 @@
+"""Theory quantities, loss-landscape directions and surfaces, Hessian sharpness (float64)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from attn_dynamics import diagnostics, models
+
+
+@pytest.fixture
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+def tiny_problem(rng, *, kernel="softmax", n=2, N=3, d=4, out=2, dtype=np.float64):
+    # explicit path: the fused op computes in float32 whatever the inputs
+    model = models.TheoryModel(dim=d, out_dim=out, kernel=kernel, implementation="explicit")
+    x = jnp.asarray(rng.standard_normal((n, N, d)), dtype)
+    y = jnp.asarray(rng.standard_normal((n, N, out)), dtype)
+    params = model.init(jax.random.key(int(rng.integers(2**31))), x)["params"]
+    params = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), dtype), params)
+
+    @jax.jit
+    def loss(p):
+        preds = model.apply({"params": p}, x)
+        return 0.5 * jnp.mean(jnp.sum(jnp.square(preds - y).reshape(n, -1), axis=-1))
+
+    return model, x, params, loss
+
+
+@pytest.mark.parametrize("kernel", ["softmax", "gaussian", "gaussian_unnormalized"])
+def test_power_iteration_matches_the_dense_hessian(kernel, rng, x64):
+    _, _, params, loss = tiny_problem(rng, kernel=kernel)
+    dense = np.asarray(diagnostics.dense_hessian(loss, params))
+    assert dense.dtype == np.float64
+    np.testing.assert_allclose(dense, dense.T, atol=1e-10)
+    eigs = np.linalg.eigvalsh(dense)
+    top = eigs[np.argmax(np.abs(eigs))]
+    key = jax.random.key(int(rng.integers(2**31)))
+    lam, vec, iters = diagnostics.top_hessian_eigenvalue(
+        loss, params, key, num_iters=5000, tol=1e-13
+    )
+    np.testing.assert_allclose(float(lam), top, rtol=1e-6)
+    flat = jax.flatten_util.ravel_pytree(vec)[0]
+    np.testing.assert_allclose(float(jnp.linalg.norm(flat)), 1.0, rtol=1e-10)
+    np.testing.assert_allclose(
+        dense @ np.asarray(flat), top * np.asarray(flat), atol=1e-4 * abs(top)
+    )
+    assert int(iters) < 5000
+
+
+def test_hvp_matches_dense_hessian_times_vector(rng, x64):
+    _, _, params, loss = tiny_problem(rng, kernel="gaussian")
+    v = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape)), params)
+    hv = jax.flatten_util.ravel_pytree(diagnostics.hvp(loss, params, v))[0]
+    dense = diagnostics.dense_hessian(loss, params)
+    np.testing.assert_allclose(hv, dense @ jax.flatten_util.ravel_pytree(v)[0], rtol=1e-10)
+
+
+def test_filter_normalized_direction(rng):
+    params = {
+        "dense": {
+            "kernel": jnp.asarray(rng.standard_normal((5, 3)), jnp.float32),
+            "bias": jnp.asarray(rng.standard_normal(3), jnp.float32),
+        },
+        "frozen": {"kernel": jnp.asarray(rng.standard_normal((3, 2)), jnp.float32)},
+    }
+    mask = {"dense": {"kernel": True, "bias": True}, "frozen": {"kernel": False}}
+    key = jax.random.key(int(rng.integers(2**31)))
+    d = diagnostics.filter_normalized_direction(key, params, mask)
+    # every filter (output unit = column) has its parameter's norm; 1-D leaves and masked are 0
+    np.testing.assert_allclose(
+        jnp.linalg.norm(d["dense"]["kernel"], axis=0),
+        jnp.linalg.norm(params["dense"]["kernel"], axis=0),
+        rtol=1e-5,
+    )
+    assert not np.any(d["dense"]["bias"]) and not np.any(d["frozen"]["kernel"])
+    # the direction is random, not the parameters themselves
+    assert not np.allclose(d["dense"]["kernel"], params["dense"]["kernel"])
+    # the same key and layout give the same draw, normalised to each model's own weights
+    other = jax.tree.map(lambda p: 2.0 * p, params)
+    d2 = diagnostics.filter_normalized_direction(key, other, mask)
+    np.testing.assert_allclose(d2["dense"]["kernel"], 2.0 * d["dense"]["kernel"], rtol=1e-5)
+    d3 = diagnostics.filter_normalized_direction(key, params, mask, ignore_1d=False)
+    np.testing.assert_allclose(
+        jnp.linalg.norm(d3["dense"]["bias"]), jnp.linalg.norm(params["dense"]["bias"]), rtol=1e-5
+    )
+
+
+def test_loss_surface_is_the_loss_on_the_grid(rng, x64):
+    _, _, params, loss = tiny_problem(rng)
+    keys = jax.random.split(jax.random.key(int(rng.integers(2**31))))
+    d1 = diagnostics.filter_normalized_direction(keys[0], params)
+    d2 = diagnostics.filter_normalized_direction(keys[1], params)
+    alphas = np.linspace(-1.0, 1.0, 5)
+    betas = np.linspace(-0.5, 0.5, 3)
+    surface = np.asarray(diagnostics.loss_surface(loss, params, d1, d2, alphas, betas, chunk=4))
+    assert surface.shape == (5, 3)
+    for i, a in enumerate(alphas):
+        for j, b in enumerate(betas):
+            moved = jax.tree.map(lambda p, u, v, a=a, b=b: p + a * u + b * v, params, d1, d2)
+            np.testing.assert_allclose(surface[i, j], loss(moved), rtol=1e-12)
+    np.testing.assert_allclose(surface[2, 1], loss(params), rtol=1e-12)
+
+
+def test_theory_quantities_full_row_rank_and_ratios(rng, x64):
+    model, x, params, _ = tiny_problem(rng, n=2, N=2, d=6)
+    weights = model.apply({"params": params}, x, method=models.TheoryModel.attention_weights)
+    q = diagnostics.theory_quantities(params, weights, x)
+    phi = np.einsum("nhij,njd->nihd", np.asarray(weights), np.asarray(x)).reshape(4, -1)
+    np.testing.assert_allclose(
+        q["sigma_min_attention_output"], np.linalg.svd(phi, compute_uv=False)[-1], rtol=1e-5
+    )
+    s_q = np.linalg.svd(np.asarray(params["attention"]["query"]["kernel"]), compute_uv=False)
+    s_v = np.linalg.svd(np.asarray(params["attention"]["value"]["kernel"]), compute_uv=False)
+    np.testing.assert_allclose(q["sv_ratio_q_v"], s_q[-1] / s_v[0], rtol=1e-5)
+    # more rows than columns: no full row rank, sigma_min is reported as 0
+    assert float(diagnostics.sigma_min(jnp.asarray(rng.standard_normal((5, 3))))) == 0.0
