@@ -368,7 +368,10 @@ SHARDING_SCRIPT = textwrap.dedent(
                 assert len(x.addressable_shards) == 8
                 assert {{s.data.shape[0] for s in x.addressable_shards}} == {{x.shape[0] // 8}}
                 np.testing.assert_array_equal(np.asarray(x), np.asarray(want[k]))
-        c.batch_size = 12
+        if kind == "regression_full":
+            c.num_samples = 12  # full batch: the whole data set must split over devices
+        else:
+            c.batch_size = 12
         try:
             data.get_dataset(c, mesh=mesh)
             out[kind] = "no error"
@@ -392,7 +395,7 @@ def test_sharding_over_8_devices(tiny_dir):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.split("RESULT", 1)[1])
-    for kind in ["imdb", "pathfinder", "order_lookback"]:
+    for kind in ["regression_full", "imdb", "pathfinder", "order_lookback"]:
         assert "not divisible by the 8 devices" in out[kind], out[kind]
     assert out["shard_batch"] is True
 

@@ -84,6 +84,7 @@ class Dataset:
         self.seed = int(config.seed)
         self.prefetch = int(config.get("prefetch", 2))
         self._perms: dict[int, np.ndarray] = {}
+        self._perms_lock = threading.Lock()
 
     # ---- to implement ----------------------------------------------------------------------
     def _examples(self, split: str, indices: np.ndarray) -> dict[str, np.ndarray]:
@@ -112,14 +113,15 @@ class Dataset:
 
     # ---- training --------------------------------------------------------------------------
     def _permutation(self, epoch: int) -> np.ndarray:
-        perm = self._perms.get(epoch)
-        if perm is None:
-            rng = np.random.default_rng([self.seed, SHUFFLE_STREAM, int(epoch)])
-            perm = rng.permutation(self.train_size)
-            if len(self._perms) > 4:
-                self._perms.pop(min(self._perms))
-            self._perms[epoch] = perm
-        return perm
+        with self._perms_lock:  # train_batch may run in the prefetch thread and the caller's
+            perm = self._perms.get(epoch)
+            if perm is None:
+                rng = np.random.default_rng([self.seed, SHUFFLE_STREAM, int(epoch)])
+                perm = rng.permutation(self.train_size)
+                if len(self._perms) > 4:
+                    self._perms.pop(min(self._perms))
+                self._perms[epoch] = perm
+            return perm
 
     def _shuffled_indices(self, step: int) -> np.ndarray:
         """A fresh permutation of the train set per epoch; batches run across epoch ends."""

@@ -80,6 +80,12 @@ class SyntheticRegression(base.Dataset):
         self.full_batch = bs == 0
         self.train_batch_size = self.eval_batch_size = n if self.full_batch else bs
         self.train_size = n
+        devices = base.data_axis_size(mesh)
+        if self.full_batch and n % devices:
+            raise ValueError(
+                f"{self.name}: the full batch of num_samples={n} is not divisible by the "
+                f"{devices} devices on mesh axis 'data'; use a multiple of {devices}"
+            )
         self._check_batch_sizes()
         self.info = {
             "task": "regression",
