@@ -25,7 +25,16 @@ def record(section: str, body: str, *, path: pathlib.Path = RESULTS) -> None:
     begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
     stamp = datetime.date.today().isoformat()
     block = f"{begin}\n## {section} ({stamp}, {machine()})\n\n{body.strip()}\n{end}"
-    text = path.read_text() if path.exists() else "# Benchmark results\n\nWritten by the scripts in this folder; rerun one to refresh its section.\n"
+    text = (
+        path.read_text()
+        if path.exists()
+        else "# Benchmark results\n\nWritten by the scripts in this folder; rerun one to "
+        "refresh its section.\n"
+    )
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    text = (
+        pattern.sub(lambda _: block, text)
+        if pattern.search(text)
+        else text.rstrip() + "\n\n" + block + "\n"
+    )
     path.write_text(text)

@@ -36,16 +36,27 @@ def main_job(tmp: pathlib.Path) -> dict:
     workdir = tmp / "main_job"
     start = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "experiments.run", "--config=configs/qk_frozen.py",
-         f"--workdir={workdir}", "--config.train.progress_bar=False"],
-        cwd=ROOT, check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "experiments.run",
+            "--config=configs/qk_frozen.py",
+            f"--workdir={workdir}",
+            "--config.train.progress_bar=False",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
     )
     wall = time.perf_counter() - start
     summary = json.loads((workdir / "summary.json").read_text())
     seed = summary["seeds"][0]
-    return {"wall": wall, "compile": summary["compile_seconds"],
-            "relative_loss": seed["relative_final_loss"], "steps_to_threshold":
-            seed["steps_to_threshold"]}
+    return {
+        "wall": wall,
+        "compile": summary["compile_seconds"],
+        "relative_loss": seed["relative_final_loss"],
+        "steps_to_threshold": seed["steps_to_threshold"],
+    }
 
 
 def train_seconds(config, workdir: pathlib.Path) -> tuple[float, float]:
@@ -100,8 +111,9 @@ def main() -> None:
         tmp = pathlib.Path(tmp_name)
         job = main_job(tmp)
         scaling = seeds_scaling(tmp, args.seeds)
-        encoder = {k: encoder_steps_per_second(k, args.encoder_steps, tmp)
-                   for k in ("softmax", "gaussian")}
+        encoder = {
+            k: encoder_steps_per_second(k, args.encoder_steps, tmp) for k in ("softmax", "gaussian")
+        }
     ratio = scaling[args.seeds][0] / scaling[1][0]
     lines = [
         "Command: `python benchmarks/runner.py`",

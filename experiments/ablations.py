@@ -123,17 +123,23 @@ def load_cell(path: pathlib.Path, name: str | None = None, fields: dict | None =
 
 
 def load_cells(root: pathlib.Path) -> list[Cell]:
-    """The cells of a sweep in grid order (``sweep.json``), else every run under ``root``."""
+    """The cells of a sweep in grid order (``sweep.json``), else every run under ``root``.
+
+    Sweeps nested in ``root`` (a second ``experiments.sweep`` into a subdirectory, e.g. for
+    a kernel that needs its own base config) are included after the top-level cells.
+    """
     root = pathlib.Path(root)
-    sweep_file = root / "sweep.json"
+    sweeps = sorted(root.rglob("sweep.json"), key=lambda p: (len(p.parts), str(p)))
     cells = []
-    if sweep_file.exists():
+    for sweep_file in sweeps:
+        base = sweep_file.parent
         for entry in json.loads(sweep_file.read_text())["cells"]:
             entry = dict(entry)
             name = entry.pop("name")
-            if (root / name / "summary.json").exists():
-                cells.append(load_cell(root / name, name, entry))
-    else:
+            if (base / name / "summary.json").exists():
+                label = str((base / name).relative_to(root))
+                cells.append(load_cell(base / name, label, entry))
+    if not sweeps:
         for summary in sorted(root.rglob("summary.json")):
             cells.append(load_cell(summary.parent, str(summary.parent.relative_to(root))))
     if not cells:
@@ -418,9 +424,9 @@ def _write(root: pathlib.Path, kind: str, text: str) -> str:
     return text
 
 
-def _header(title: str, cells: list[Cell]) -> str:
+def _header(title: str, root: pathlib.Path, cells: list[Cell]) -> str:
     thr = cells[0].threshold
-    text = f"# {title}\n\nRun directory: `{cells[0].path.parent}`. "
+    text = f"# {title}\n\nRun directory: `{root}`. "
     if math.isfinite(thr) and thr > 0:
         text += f"eps: loss <= {thr:g} x the seed's initial loss. "
     return text + "\n\n"
@@ -439,7 +445,7 @@ def kernel_subsets(root: pathlib.Path) -> str:
     from experiments import report
 
     report.write_report(root)  # report.md and loss_curves.png, the runner's standard view
-    text = _header("Ablation: kernel x trainable subset", cells)
+    text = _header("Ablation: kernel x trainable subset", root, cells)
     text += "## Outcome per cell\n\n" + markdown([outcome_row(c) for c in cells])
     text += (
         "\n## Initialisation vs convergence\n\nMedians of the step-0 quantities among "
@@ -467,7 +473,7 @@ def q_only(root: pathlib.Path) -> str:
     )
     plot_final_loss(cells, root / "final_loss_distribution.png")
     plot_curves_pooled(root, cells, root / "loss_curves.png")
-    text = _header("Ablation: only W_Q trained, realisable targets", cells)
+    text = _header("Ablation: only W_Q trained, realisable targets", root, cells)
     text += "## Outcome per kernel (seeds pooled)\n\n" + markdown([outcome_row(c) for c in cells])
     text += "\n## Initialisation vs convergence\n\n" + markdown([init_row(c) for c in cells])
     text += (
@@ -554,7 +560,7 @@ def overparam(root: pathlib.Path) -> str:
     fig.tight_layout()
     fig.savefig(root / "overparam.png", dpi=90)
     plt.close(fig)
-    text = _header("Ablation: over-parameterisation d / (nN)", cells)
+    text = _header("Ablation: over-parameterisation d / (nN)", root, cells)
     text += markdown(rows) + "\n![over-parameterisation](overparam.png)\n"
     return _write(root, "overparam", text)
 

@@ -70,7 +70,8 @@ class Checkpointer:
                 first_line = (str(e).splitlines() or [type(e).__name__])[0][:200]
                 logging.warning(
                     "checkpoint at step %d is unreadable (%s); falling back to an older one",
-                    step, first_line,
+                    step,
+                    first_line,
                 )
                 continue
             payload = restored["state"]
@@ -81,8 +82,11 @@ class Checkpointer:
                 "opt_state": payload["opt_state"],
                 "outcome": payload["outcome"],
                 "rng": jax.random.wrap_key_data(payload["rng"]),
-                **({"position_cache": payload["position_cache"]}
-                   if "position_cache" in payload else {}),
+                **(
+                    {"position_cache": payload["position_cache"]}
+                    if "position_cache" in payload
+                    else {}
+                ),
             }
         return None
 

@@ -39,32 +39,47 @@ def environment() -> dict:
     }
 
 
-def summarize(outcome: dict, seeds, *, status: str, final_step: int, loss_threshold: float,
-              evaluation: dict, **extra) -> dict:
+def summarize(
+    outcome: dict,
+    seeds,
+    *,
+    status: str,
+    final_step: int,
+    loss_threshold: float,
+    evaluation: dict,
+    **extra,
+) -> dict:
     """summary.json: run-level figures and one record per seed from the tracked outcome."""
     per_seed = []
     for i, seed in enumerate(seeds):
         initial, last = _float(outcome["initial_loss"][i]), _float(outcome["last_loss"][i])
         hit, diverged = int(outcome["threshold_step"][i]), int(outcome["diverged_at"][i])
-        per_seed.append({
-            "seed": seed,
-            "status": status if outcome["alive"][i] else "diverged",
-            "initial_loss": initial,
-            "final_loss": last,
-            "min_loss": _float(outcome["min_loss"][i]),
-            "relative_final_loss": _ratio(last, initial),
-            "steps_to_threshold": hit if hit >= 0 else None,
-            "diverged_at": diverged if diverged >= 0 else None,
-            **{f"eval/{split}/{k}": v[i] for split, d in evaluation.items() for k, v in d.items()},
-        })
+        per_seed.append(
+            {
+                "seed": seed,
+                "status": status if outcome["alive"][i] else "diverged",
+                "initial_loss": initial,
+                "final_loss": last,
+                "min_loss": _float(outcome["min_loss"][i]),
+                "relative_final_loss": _ratio(last, initial),
+                "steps_to_threshold": hit if hit >= 0 else None,
+                "diverged_at": diverged if diverged >= 0 else None,
+                **{
+                    f"eval/{split}/{k}": v[i]
+                    for split, d in evaluation.items()
+                    for k, v in d.items()
+                },
+            }
+        )
     finals = [s["final_loss"] for s in per_seed if s["final_loss"] is not None]
     return {
         "status": status,
         "final_step": final_step,
         "loss_threshold": loss_threshold,
         "final_loss": float(np.mean(finals)) if finals else None,
-        "fraction_converged": float(np.mean([s["steps_to_threshold"] is not None
-                                             for s in per_seed])),
+        "fraction_converged": float(
+            np.mean([s["steps_to_threshold"] is not None for s in per_seed])
+        ),
         "evaluation": evaluation,
         **extra,
         "seeds": per_seed,
@@ -104,7 +119,7 @@ class MetricWriter:
                 record[f"{name}/seeds"] = [float(v) for v in values]
             self.tb.add_scalar(name, record[name], step)
         if len(self.seeds) > 1:
-            for seed, v in zip(self.seeds, record["loss/seeds"]):
+            for seed, v in zip(self.seeds, record["loss/seeds"], strict=True):
                 self.tb.add_scalar(f"loss_by_seed/{seed}", v, step)
         self._append(record)
 
@@ -128,7 +143,10 @@ class MetricWriter:
 
 
 def _truncate(path: pathlib.Path, keep_before: int) -> None:
-    """Drop records of steps >= keep_before (a resumed run regenerates them) and torn lines."""
+    """Drop records of steps >= keep_before (a resumed run regenerates them) and torn lines.
+
+    Evaluation records are stamped with the number of steps done (the final one with the
+    final step), so they follow the same rule."""
     if not path.exists():
         return
     kept = []
@@ -137,7 +155,7 @@ def _truncate(path: pathlib.Path, keep_before: int) -> None:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line torn by a kill mid-write
-        if record.get("step", 0) < keep_before and not record.get("eval"):
+        if record.get("step", 0) < keep_before:
             kept.append(line)
     path.write_text("".join(f"{line}\n" for line in kept))
 
@@ -183,7 +201,7 @@ def plot_curves(workdir: pathlib.Path) -> None:
     if "sigma_min_attention_output" in records[0]:
         panels.append(("sigma_min_attention_output", False))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
-    for ax, (name, log) in zip(np.atleast_1d(axes), panels):
+    for ax, (name, log) in zip(np.atleast_1d(axes), panels, strict=True):
         per_seed = [r.get(f"{name}/seeds") for r in records]
         if per_seed[0] is not None:
             ax.plot(steps, np.array(per_seed), lw=0.7, alpha=0.5)

@@ -29,8 +29,9 @@ def cell_row(summary: dict) -> dict:
     seeds = summary["seeds"]
     steps = [s["steps_to_threshold"] for s in seeds if s["steps_to_threshold"] is not None]
     finals = np.array([s["final_loss"] for s in seeds if s["final_loss"] is not None], float)
-    rel = np.array([s["relative_final_loss"] for s in seeds
-                    if s.get("relative_final_loss") is not None], float)
+    rel = np.array(
+        [s["relative_final_loss"] for s in seeds if s.get("relative_final_loss") is not None], float
+    )
     row = {
         "seeds": len(seeds),
         "converged": f"{len(steps)}/{len(seeds)}",
@@ -50,12 +51,24 @@ def cell_row(summary: dict) -> dict:
 
 
 def markdown_table(rows: list[tuple[str, dict]], threshold: float | None) -> str:
-    columns = ["run", "seeds", "converged", "median_steps", "final_loss", "relative_final_loss",
-               "diverged", "status"]
+    columns = [
+        "run",
+        "seeds",
+        "converged",
+        "median_steps",
+        "final_loss",
+        "relative_final_loss",
+        "diverged",
+        "status",
+    ]
     extra = sorted({k for _, r in rows for k in r if k.endswith(" acc")})
     columns += extra
-    header = {"converged": "reached threshold", "median_steps": "median steps to threshold",
-              "final_loss": "final loss (mean ± std)", "relative_final_loss": "final/initial (median)"}
+    header = {
+        "converged": "reached threshold",
+        "median_steps": "median steps to threshold",
+        "final_loss": "final loss (mean ± std)",
+        "relative_final_loss": "final/initial (median)",
+    }
     lines = []
     if threshold is not None:
         lines.append(f"Threshold: loss <= {threshold:g} x initial loss.\n")

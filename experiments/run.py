@@ -16,7 +16,9 @@ from absl import flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file, optionally with ':arg' (e.g. ':smoke').",
+    "config",
+    None,
+    "Path to a config file, optionally with ':arg' (e.g. ':smoke').",
     lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string(
@@ -54,7 +56,7 @@ def _bad_override(argv: list[str], config) -> str | None:
     for a in argv:
         if not a.startswith("--config."):
             continue
-        path = a[len("--config."):].split("=", 1)[0].split(".")
+        path = a[len("--config.") :].split("=", 1)[0].split(".")
         node = config
         for depth, key in enumerate(path):
             fields = sorted(node.keys()) if hasattr(node, "keys") else []
@@ -104,8 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         fail(str(e))
     except train.data.DatasetNotPrepared as e:
         fail(str(e))
-    print(f"status: {summary['status']}  final loss: {summary['final_loss']}  "
-          f"wall time: {summary['wall_seconds']:.1f} s  workdir: {workdir}", file=sys.stderr)
+    print(
+        f"status: {summary['status']}  final loss: {summary['final_loss']}  "
+        f"wall time: {summary['wall_seconds']:.1f} s  workdir: {workdir}",
+        file=sys.stderr,
+    )
     return {"done": 0, "diverged": 1, "interrupted": 130}.get(summary["status"], 1)
 
 

@@ -69,11 +69,16 @@ def set_field(config, field: str, value) -> None:
 
 def cells(axes: dict[str, tuple]) -> list[dict]:
     names = list(axes)
-    return [dict(zip(names, combo)) for combo in itertools.product(*(axes[n] for n in names))]
+    return [
+        dict(zip(names, combo, strict=True))
+        for combo in itertools.product(*(axes[n] for n in names))
+    ]
 
 
 def cell_name(cell: dict) -> str:
-    return ",".join(f"{field.rsplit('.', 1)[-1]}={value}" for field, value in cell.items()) or "base"
+    return (
+        ",".join(f"{field.rsplit('.', 1)[-1]}={value}" for field, value in cell.items()) or "base"
+    )
 
 
 def is_finished(cell_dir: pathlib.Path) -> bool:
@@ -102,9 +107,17 @@ def main(argv: list[str] | None = None) -> int:
     root = pathlib.Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
     grid = cells(axes)
-    (root / "sweep.json").write_text(json.dumps(
-        {"axes": {k: list(v) for k, v in axes.items()},
-         "cells": [dict(name=cell_name(c), **c) for c in grid]}, indent=2, default=str) + "\n")
+    (root / "sweep.json").write_text(
+        json.dumps(
+            {
+                "axes": {k: list(v) for k, v in axes.items()},
+                "cells": [dict(name=cell_name(c), **c) for c in grid],
+            },
+            indent=2,
+            default=str,
+        )
+        + "\n"
+    )
     for i, cell in enumerate(grid):
         cell_dir = root / cell_name(cell)
         if is_finished(cell_dir):

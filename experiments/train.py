@@ -177,7 +177,8 @@ def check_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> N
     if saved.exists():
         before, now = _flatten(json.loads(saved.read_text())), _flatten(_config_dict(config))
         changed = sorted(
-            k for k in set(before) | set(now)
+            k
+            for k in set(before) | set(now)
             if before.get(k) != now.get(k) and k not in RESUMABLE_CHANGES
         )
         if changed:
@@ -217,8 +218,12 @@ def make_loss(model, task: str) -> Callable:
 
         def loss(params, batch, rng, position_terms=None):
             logits = model.apply(
-                {"params": params}, batch["inputs"], batch["valid"], train=True,
-                rngs={"dropout": rng}, position_terms=position_terms,
+                {"params": params},
+                batch["inputs"],
+                batch["valid"],
+                train=True,
+                rngs={"dropout": rng},
+                position_terms=position_terms,
             )
             acc = jnp.mean((jnp.argmax(logits, -1) == batch["labels"]).astype(jnp.float32))
             return models.classification_loss(logits, batch["labels"]), {"accuracy": acc}
@@ -280,11 +285,19 @@ def make_train_step(
 
     def step(state, frozen, init_trainable, batch):
         trainable, opt_state, outcome, cache, metrics = seeds(
-            state["trainable"], state["opt_state"], state["outcome"], state["rng"],
-            state.get("position_cache"), frozen, init_trainable, state["step"], batch,
+            state["trainable"],
+            state["opt_state"],
+            state["outcome"],
+            state["rng"],
+            state.get("position_cache"),
+            frozen,
+            init_trainable,
+            state["step"],
+            batch,
         )
-        new_state = dict(state, trainable=trainable, opt_state=opt_state, outcome=outcome,
-                         step=state["step"] + 1)
+        new_state = dict(
+            state, trainable=trainable, opt_state=opt_state, outcome=outcome, step=state["step"] + 1
+        )
         if cache is not None:
             new_state["position_cache"] = cache
         return new_state, dict(metrics, alive_after=outcome["alive"])
@@ -296,9 +309,14 @@ def initial_outcome(num_seeds: int) -> dict:
     # Distinct arrays per field: the state is donated, and one buffer cannot be donated twice.
     nan = lambda: jnp.full((num_seeds,), jnp.nan, jnp.float32)
     never = lambda: jnp.full((num_seeds,), -1, jnp.int32)
-    return {"alive": jnp.ones((num_seeds,), bool), "diverged_at": never(),
-            "threshold_step": never(), "initial_loss": nan(), "last_loss": nan(),
-            "min_loss": nan()}
+    return {
+        "alive": jnp.ones((num_seeds,), bool),
+        "diverged_at": never(),
+        "threshold_step": never(),
+        "initial_loss": nan(),
+        "last_loss": nan(),
+        "min_loss": nan(),
+    }
 
 
 def track_outcome(o: dict, step, loss, finite, threshold: float) -> dict:
@@ -375,13 +393,21 @@ def init_params(model, seeds, example: tuple) -> PyTree:
 def make_mesh() -> jax.sharding.Mesh:
     """A 1-D ``data`` mesh of every device. Auto axis type: the compiler propagates shardings
     (recent jax defaults to Explicit, which would make every gather/SVD spell out its sharding)."""
-    return jax.make_mesh(
-        (jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
-    )
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
-    """Train ``config`` in ``workdir`` (resuming what is there) and return the summary."""
+    """Train ``config`` in ``workdir`` (resuming what is there) and return the summary.
+
+    SIGINT/SIGTERM from the first moment on request a checkpoint and a clean stop
+    (``status: interrupted``) instead of killing the run.
+    """
+    stop = _StopFlag()
+    with stop.installed():
+        return _train_and_evaluate(config, workdir, stop)
+
+
+def _train_and_evaluate(config, workdir, stop: _StopFlag) -> dict:
     workdir = pathlib.Path(workdir)
     t_start = time.time()
     validate(config)
@@ -451,18 +477,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     threshold = config.train.loss_threshold
     t_compile = time.time()
     batch = ds.train_batch(start)
-    compile_step = lambda fn: jax.jit(fn, donate_argnums=0).lower(
-        state, frozen, trainable0, batch
-    ).compile()
+    compile_step = lambda fn: (
+        jax.jit(fn, donate_argnums=0).lower(state, frozen, trainable0, batch).compile()
+    )
     solving_step = compile_step(make_train_step(loss_fn, tx, threshold, refresh_cache=refresh))
     cached_step = None
     if update_every > 1:
         cached_step = compile_step(make_train_step(loss_fn, tx, threshold, use_cache=True))
     compile_seconds = time.time() - t_compile
     theory_diag = make_theory_diagnostics(model) if info["task"] == "regression" else None
+    evaluate = make_evaluator(model, info["task"], ds)
 
     num_steps, log_every = config.train.num_steps, config.train.log_every
-    stop = _StopFlag()
     progress = logs.progress_bar(config.train.progress_bar, start, num_steps)
     pending = None  # metrics of the last logged step, fetched one logged step late
 
@@ -486,7 +512,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         return False
 
     previous_alive = None  # the step before's `alive`, read one step late: no stall
-    with stop.installed(), ckpt:
+    with ckpt:
         for step in range(start, num_steps):
             if previous_alive is not None and not np.asarray(previous_alive).any():
                 break  # every seed has diverged
@@ -496,8 +522,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             diag = (None, None)
             if logged and theory_diag is not None:
                 # Parameters *at* this step (before its update), copied out of the donated state.
-                diag = (jax.tree.map(jnp.copy, freezing.merge(state["trainable"], frozen)),
-                        batch["inputs"])
+                diag = (
+                    jax.tree.map(jnp.copy, freezing.merge(state["trainable"], frozen)),
+                    batch["inputs"],
+                )
             alive_before = jnp.copy(state["outcome"]["alive"]) if logged else None
             compiled = solving_step if step % update_every == 0 else cached_step
             state, metrics = compiled(state, frozen, trainable0, batch)
@@ -508,6 +536,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 pending = (step, dict(metrics, alive=alive_before), *diag)
                 if stop.requested or should_stop():
                     break
+            eval_every = config.train.eval_every
+            if eval_every > 0 and (step + 1) % eval_every == 0 and step + 1 < num_steps:
+                writer.write_eval(step + 1, evaluate(freezing.merge(state["trainable"], frozen)))
             if (step + 1) % config.train.checkpoint_every == 0:
                 ckpt.save(step + 1, state, frozen)
         flush(pending)
@@ -522,7 +553,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     elif stop.requested:
         status = "interrupted"
     params = freezing.merge(state["trainable"], frozen)
-    evaluation = evaluate(model, info["task"], ds, params) if status != "interrupted" else {}
+    evaluation = evaluate(params) if status != "interrupted" else {}
     if evaluation:
         writer.write_eval(final_step, evaluation)
     if status == "done" and not outcome["alive"].all():
@@ -581,31 +612,36 @@ def warm_start(params: PyTree, source: str) -> PyTree:
     return floater.warm_start_params(params, saved)
 
 
-def evaluate(model, task: str, ds, params) -> dict:
-    """Per split: mean loss (and accuracy for classification) for every seed."""
+def make_evaluator(model, task: str, ds) -> Callable[[PyTree], dict]:
+    """``params -> {split: {'loss': [per seed], 'accuracy': [...]}}``, compiled once per run."""
     eval_step = make_eval_step(model, task)
-    out = {}
-    for split in ds.eval_splits:
-        totals, terms = None, None
-        for batch in ds.eval_batches(split):
-            if terms is None and isinstance(model, models.EncoderClassifier):
-                # Position terms once per split (a FLOATER solve per evaluation, not per batch).
-                terms = _position_terms(model, params, batch["inputs"].shape[1])
-            sums = np.asarray(jax.device_get(eval_step(params, batch, terms)))
-            totals = sums if totals is None else totals + sums
-        if totals is None:
-            continue
-        loss, correct, weight = totals
-        out[split] = {"loss": (loss / weight).tolist()}
-        if task != "regression":
-            out[split]["accuracy"] = (correct / weight).tolist()
-    return out
+    terms_of = None
+    if isinstance(model, models.EncoderClassifier):
+        solve = lambda p, length: model.apply(
+            {"params": p}, length, method=models.EncoderClassifier.position_terms
+        )
+        terms_of = jax.jit(jax.vmap(solve, in_axes=(0, None)), static_argnums=1)
 
+    def evaluate(params) -> dict:
+        out = {}
+        for split in ds.eval_splits:
+            totals, terms = None, None
+            for batch in ds.eval_batches(split):
+                if terms is None and terms_of is not None:
+                    # Position terms once per split (one FLOATER solve, not one per batch).
+                    length = batch["inputs"].shape[1] + (model.pooling == "cls")
+                    terms = terms_of(params, length)
+                sums = np.asarray(jax.device_get(eval_step(params, batch, terms)))
+                totals = sums if totals is None else totals + sums
+            if totals is None:
+                continue
+            loss, correct, weight = totals
+            out[split] = {"loss": (loss / weight).tolist()}
+            if task != "regression":
+                out[split]["accuracy"] = (correct / weight).tolist()
+        return out
 
-def _position_terms(model, params, length: int):
-    length += model.pooling == "cls"
-    fn = lambda p: model.apply({"params": p}, length, method=models.EncoderClassifier.position_terms)
-    return jax.jit(jax.vmap(fn))(params)
+    return evaluate
 
 
 def max_frozen_change(frozen, initial_params, mask) -> float:

@@ -31,7 +31,10 @@ def smoke_config(name: str, **overrides):
 def cli(*args: str, timeout: float = 240, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "experiments.run", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})},
     )
 
@@ -51,7 +54,9 @@ def check_contract(workdir: pathlib.Path, config) -> dict:
     assert summary["status"] in ("done", "diverged")
     assert summary["max_frozen_change"] == 0.0
     assert len(summary["seeds"]) == len(config.seeds)
-    assert json.loads((workdir / "config.json").read_text())["model"]["kernel"] == config.model.kernel
+    assert (
+        json.loads((workdir / "config.json").read_text())["model"]["kernel"] == config.model.kernel
+    )
     return summary
 
 
@@ -67,9 +72,15 @@ def test_main_job_logs_the_theory_quantities_and_only_trains_w_v(tmp_path):
     config = smoke_config("qk_frozen")
     train.train_and_evaluate(config, tmp_path)
     first = records(tmp_path)[0]
-    for name in ("sigma_min_attention_output", "sv_ratio_q_v", "sv_ratio_k_v", "dist_from_init",
-                 "grad_norm/attention/value", "update_norm/attention/value",
-                 "param_norm/attention/query"):
+    for name in (
+        "sigma_min_attention_output",
+        "sv_ratio_q_v",
+        "sv_ratio_k_v",
+        "dist_from_init",
+        "grad_norm/attention/value",
+        "update_norm/attention/value",
+        "param_norm/attention/query",
+    ):
         assert name in first, name
     assert "grad_norm/attention/query" not in first  # frozen: no gradient is even taken
 
@@ -100,8 +111,9 @@ def test_vmapped_seeds_equal_separate_runs(tmp_path):
         np.testing.assert_allclose(
             together["seeds"][i]["final_loss"], alone["seeds"][0]["final_loss"], rtol=1e-5
         )
-        curve_together = [r["loss/seeds"][i] for r in records(tmp_path / "together")
-                          if not r.get("eval")]
+        curve_together = [
+            r["loss/seeds"][i] for r in records(tmp_path / "together") if not r.get("eval")
+        ]
         curve_alone = [r["loss"] for r in records(tmp_path / f"seed{seed}") if not r.get("eval")]
         np.testing.assert_allclose(curve_together, curve_alone, rtol=1e-5)
 
@@ -145,16 +157,23 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capl
 
 
 def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
-    args = ["--config=configs/qk_frozen.py", "--config.train.num_steps=400",
-            "--config.train.checkpoint_every=40", "--config.train.log_every=10",
-            "--config.train.progress_bar=False", "--config.seeds=(0,1)"]
+    args = [
+        "--config=configs/qk_frozen.py",
+        "--config.train.num_steps=400",
+        "--config.train.checkpoint_every=40",
+        "--config.train.log_every=10",
+        "--config.train.progress_bar=False",
+        "--config.seeds=(0,1)",
+    ]
     reference = cli(*args, f"--workdir={tmp_path / 'reference'}")
     assert reference.returncode == 0, reference.stderr[-2000:]
 
     workdir = tmp_path / "killed"
     proc = subprocess.Popen(
         [sys.executable, "-m", "experiments.run", *args, f"--workdir={workdir}"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
     )
     deadline = time.time() + 180
@@ -177,10 +196,20 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
 def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
     workdir = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "experiments.run", "--config=configs/qk_frozen.py",
-         "--config.train.num_steps=1000000", "--config.train.checkpoint_every=1000000",
-         "--config.train.progress_bar=False", f"--workdir={workdir}"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "experiments.run",
+            "--config=configs/qk_frozen.py",
+            "--config.train.num_steps=1000000",
+            "--config.train.checkpoint_every=1000000",
+            "--config.train.progress_bar=False",
+            f"--workdir={workdir}",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
     )
     deadline = time.time() + 180
@@ -197,16 +226,22 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
 
 
 def test_eight_simulated_devices_match_one(tmp_path):
-    args = ["--config=configs/qkv_trained.py:smoke", "--config.data.num_samples=8",
-            "--config.seeds=(0,1)"]
+    args = [
+        "--config=configs/qkv_trained.py:smoke",
+        "--config.data.num_samples=8",
+        "--config.seeds=(0,1)",
+    ]
     one = cli(*args, f"--workdir={tmp_path / 'one'}")
-    eight = cli(*args, f"--workdir={tmp_path / 'eight'}",
-                env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    eight = cli(
+        *args,
+        f"--workdir={tmp_path / 'eight'}",
+        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
+    )
     assert one.returncode == 0 and eight.returncode == 0, (one.stderr + eight.stderr)[-3000:]
     s1 = json.loads((tmp_path / "one" / "summary.json").read_text())
     s8 = json.loads((tmp_path / "eight" / "summary.json").read_text())
     assert len(s8["environment"]["devices"]) == 8
-    for a, b in zip(records(tmp_path / "one"), records(tmp_path / "eight")):
+    for a, b in zip(records(tmp_path / "one"), records(tmp_path / "eight"), strict=True):
         if not a.get("eval"):
             np.testing.assert_allclose(a["loss/seeds"], b["loss/seeds"], rtol=1e-5)
     np.testing.assert_allclose(s1["final_loss"], s8["final_loss"], rtol=1e-5)
@@ -268,20 +303,44 @@ def existing_run(tmp_path_factory):
 
 
 def snapshot(workdir: pathlib.Path) -> dict:
-    return {str(p.relative_to(workdir)): (p.stat().st_mtime_ns, p.read_bytes())
-            for p in sorted(workdir.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(workdir)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(workdir.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_sweep_skips_finished_cells_and_report_tabulates(tmp_path):
-    args = ["sweep", "--config=configs/qk_frozen.py:smoke", f"--workdir={tmp_path}",
-            "--axis=model.kernel=softmax,gaussian", "--axis=train.trainable=V,QKV"]
-    assert subprocess.run([sys.executable, "-m", "experiments.sweep", *args[1:]], cwd=ROOT,
-                          capture_output=True, timeout=300).returncode == 0
+    args = [
+        "sweep",
+        "--config=configs/qk_frozen.py:smoke",
+        f"--workdir={tmp_path}",
+        "--axis=model.kernel=softmax,gaussian",
+        "--axis=train.trainable=V,QKV",
+    ]
+    assert (
+        subprocess.run(
+            [sys.executable, "-m", "experiments.sweep", *args[1:]],
+            cwd=ROOT,
+            capture_output=True,
+            timeout=300,
+        ).returncode
+        == 0
+    )
     cells = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
-    assert cells == ["kernel=gaussian,trainable=QKV", "kernel=gaussian,trainable=V",
-                     "kernel=softmax,trainable=QKV", "kernel=softmax,trainable=V"]
-    again = subprocess.run([sys.executable, "-m", "experiments.sweep", *args[1:]], cwd=ROOT,
-                           capture_output=True, text=True, timeout=300)
+    assert cells == [
+        "kernel=gaussian,trainable=QKV",
+        "kernel=gaussian,trainable=V",
+        "kernel=softmax,trainable=QKV",
+        "kernel=softmax,trainable=V",
+    ]
+    again = subprocess.run(
+        [sys.executable, "-m", "experiments.sweep", *args[1:]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0 and again.stderr.count("finished, skipped") == 4
     out = report.write_report(tmp_path)
     table = out.read_text()
@@ -295,9 +354,14 @@ def test_floater_warm_start_from_a_non_floater_checkpoint_and_update_every(tmp_p
     # The paper's recipe: a FLOATER model (q/k/v-bias form, warm start) fine-tuned from it
     # computes exactly what the sinusoidal model computed, before its first update.
     tuned = smoke_config(
-        "order_task", train__num_steps=6, train__log_every=3, model__position="floater",
-        model__floater__warm_start=True, model__floater__update_every=3,
-        train__init_from=str(tmp_path / "sinusoidal"), train__learning_rate=1e-30,
+        "order_task",
+        train__num_steps=6,
+        train__log_every=3,
+        model__position="floater",
+        model__floater__warm_start=True,
+        model__floater__update_every=3,
+        train__init_from=str(tmp_path / "sinusoidal"),
+        train__learning_rate=1e-30,
     )
     summary = train.train_and_evaluate(tuned, tmp_path / "floater")
     before = json.loads((tmp_path / "sinusoidal" / "summary.json").read_text())["evaluation"]
