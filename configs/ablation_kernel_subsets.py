@@ -29,6 +29,7 @@ def get_config(arg=None):
     c.train.progress_bar = False
     if arg == "smoke":
         defaults.smoke(c)
+        c.train.checkpoint_every = 1_000  # one checkpoint, at the end: seconds per cell
     elif arg:
         raise ValueError(f"ablation_kernel_subsets: unknown arg {arg!r}; valid: smoke")
     return c

@@ -61,6 +61,8 @@ class Cell:
     relative_final_loss: np.ndarray
     diverged: np.ndarray  # bool
     init: dict  # quantity -> per-seed values at step 0
+    final_grad_norm: np.ndarray  # at the last logged step
+    loss_increases: np.ndarray  # fraction of logged intervals over which the loss went up
 
     @property
     def threshold(self) -> float:
@@ -105,6 +107,11 @@ def load_cell(path: pathlib.Path, name: str | None = None, fields: dict | None =
     records = [r for r in read_metrics(path) if not r.get("eval")]
     first = next((r for r in records if r["step"] == 0), records[0] if records else {})
     init = {q: per_seed(first, q, n) for q in INIT_QUANTITIES}
+    last = records[-1] if records else {}
+    losses = np.array([per_seed(r, "loss", n) for r in records]).reshape(-1, n)
+    increases = (
+        np.mean(np.diff(losses, axis=0) > 0, axis=0) if len(losses) > 1 else np.full(n, np.nan)
+    )
     return Cell(
         name=name or path.name,
         path=path,
@@ -119,6 +126,8 @@ def load_cell(path: pathlib.Path, name: str | None = None, fields: dict | None =
         relative_final_loss=np.array([_f(s.get("relative_final_loss")) for s in seeds]),
         diverged=np.array([s["status"] == "diverged" for s in seeds]),
         init=init,
+        final_grad_norm=per_seed(last, "grad_norm", n),
+        loss_increases=increases,
     )
 
 
@@ -182,6 +191,8 @@ def merge_seeds(cells: list[Cell], drop: tuple[str, ...]) -> list[Cell]:
                 relative_final_loss=cat("relative_final_loss"),
                 diverged=cat("diverged"),
                 init={q: np.concatenate([m.init[q] for m in members]) for q in INIT_QUANTITIES},
+                final_grad_norm=cat("final_grad_norm"),
+                loss_increases=cat("loss_increases"),
             )
         )
     return merged
@@ -236,6 +247,20 @@ def outcome_row(c: Cell) -> dict:
         "final loss median": fmt(float(np.nanmedian(c.final_loss))),
         "diverged": str(int(c.diverged.sum())),
     }
+
+
+def stall_row(c: Cell) -> dict:
+    """Is a seed that missed eps at a stationary point (small gradient, monotone loss) or
+    oscillating (large gradient, loss going up and down: step size above 2 / sharpness)?"""
+    no = ~c.converged
+    row = {"cell": c.name, "not reached": str(int(no.sum()))}
+    for label, mask in (("reached", c.converged), ("not reached", no)):
+        g, up = c.final_grad_norm[mask], c.loss_increases[mask]
+        row[f"final grad norm ({label})"] = fmt(float(np.nanmedian(g))) if g.size else "–"
+        row[f"logged steps with loss up ({label})"] = (
+            f"{100 * float(np.nanmedian(up)):.0f}%" if up.size else "–"
+        )
+    return row
 
 
 def init_row(c: Cell, quantities=INIT_QUANTITIES) -> dict:
@@ -475,6 +500,12 @@ def q_only(root: pathlib.Path) -> str:
     plot_curves_pooled(root, cells, root / "loss_curves.png")
     text = _header("Ablation: only W_Q trained, realisable targets", root, cells)
     text += "## Outcome per kernel (seeds pooled)\n\n" + markdown([outcome_row(c) for c in cells])
+    text += (
+        "\n## Stalled or oscillating?\n\nMedians over seeds of the gradient norm at the last "
+        "logged step and of the share of logged intervals over which the loss increased (a "
+        "seed at a sub-optimal stationary point has a small gradient and a monotone loss).\n\n"
+    )
+    text += markdown([stall_row(c) for c in cells])
     text += "\n## Initialisation vs convergence\n\n" + markdown([init_row(c) for c in cells])
     text += (
         "\n![init vs convergence](init_vs_convergence.png)\n"

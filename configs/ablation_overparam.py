@@ -1,0 +1,43 @@
+"""Ablation: over-parameterisation, embedding dimension d relative to n*N (finding 4).
+
+The theory model of ``qk_frozen.py`` (n = 4 samples of N = 4 tokens, nN = 16, out_dim 4,
+realisable targets from a random teacher), with d in {8, 16, 32, 64, 128}, i.e.
+d / (nN) in {0.5, 1, 2, 4, 8}, for V-only and QKV training, both kernels, 16 seeds per cell.
+With d < nN the attention-output matrix Phi ([nN, d]) cannot have full row rank, so V-only GD
+cannot fit generic targets.
+
+The loss curvature grows with d (rows of Phi have norm ~ sqrt(d)), so the learning rate is
+scaled as lr = 3.2 / d (0.05 at d = 64, as in qk_frozen.py): every cell runs at the same
+fraction of its stable step size and the comparison is about conditioning, not step size.
+
+    python -m experiments.sweep --config=configs/ablation_overparam.py --workdir=runs/abl_op
+    python -m experiments.ablations overparam runs/abl_op
+"""
+
+from configs import qk_frozen
+from experiments import defaults
+
+
+def get_config(arg=None):
+    c = qk_frozen.get_config()
+    c.seeds = tuple(range(16))
+    c.train.learning_rate = 3.2 / c.model.get_ref("dim").to_float()
+    c.train.num_steps = 10_000
+    c.train.log_every = 100
+    c.train.checkpoint_every = 10_000
+    c.train.stop_at_threshold = True
+    c.train.progress_bar = False
+    if arg == "smoke":
+        defaults.smoke(c)
+        c.train.checkpoint_every = 1_000
+    elif arg:
+        raise ValueError(f"ablation_overparam: unknown arg {arg!r}; valid: smoke")
+    return c
+
+
+def get_sweep():
+    return {
+        "model.dim": (8, 16, 32, 64, 128),
+        "train.trainable": ("V", "QKV"),
+        "model.kernel": ("softmax", "gaussian"),
+    }

@@ -1,0 +1,260 @@
+"""2-D loss landscapes and sharpness around trained weights, one per attention kernel.
+
+    python -m experiments.landscape --config=configs/landscape.py --workdir=runs/landscape
+    python -m experiments.landscape --config=configs/landscape.py:theory --workdir=runs/ls_th
+
+For every kernel of ``config.kernels``: train ``config.run`` with that kernel into
+``WORKDIR/kernel=<name>`` (``train.train_and_evaluate``; a finished run is reused, an
+unfinished one resumes), load the final parameters of seed ``config.seed_index`` from its
+checkpoint, and evaluate the training loss (``config.loss_batches`` fixed training batches) on
+the grid ``theta + a d1 + b d2``, ``a, b`` in ``[-grid_range, grid_range]``, with ``d1, d2``
+random filter-normalised directions (Li et al. 2018) over the trained parameters: the same
+random draw for every kernel, each normalised to its own weights. Also the top Hessian
+eigenvalue (power iteration on Hessian-vector products) at initialisation and after training.
+
+Writes into WORKDIR: ``landscape.npz`` (grids and surfaces), ``landscape.json`` (figures),
+``landscape.md`` (table), ``landscape_contour.png``, ``landscape_surface.png``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "configs/landscape.py[:args]", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", "runs/landscape", "Output directory.")
+
+
+def load_params(workdir: pathlib.Path, seed_index: int):
+    """The final parameters of one seed from a run's orbax checkpoints (no template needed)."""
+    import orbax.checkpoint as ocp
+
+    manager = ocp.CheckpointManager((workdir / "checkpoints").absolute())
+    step = manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint under {str(workdir / 'checkpoints')!r}")
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    manager.close()
+    params = restored["state"]["params"]
+    return jax.tree.map(lambda a: jnp.asarray(a[seed_index]), params), int(step)
+
+
+def problem(run_config, loss_batches: int = 1):
+    """``(model, loss(params) -> scalar on fixed batches, init params [seeds], mask)``."""
+    from attn_dynamics import data, freezing
+    from experiments import train
+
+    ds = data.get_dataset(run_config.data, mesh=None)
+    model = train.build_model(run_config, ds.info)
+    batches = [ds.train_batch(i) for i in range(loss_batches)]
+    example = train.example_inputs(model, ds.info, batches[0])
+    init = train.init_params(model, tuple(run_config.seeds), example)
+    loss_of_batch = train.make_loss(model, ds.info["task"])
+    rng = jax.random.key(0)  # dropout off in these configs; the key is only a placeholder
+
+    def loss(params):
+        values = [loss_of_batch(params, b, rng)[0] for b in batches]
+        return sum(values) / len(values)
+
+    spec, layers = train.trainable_spec(run_config.train)
+    one = jax.tree.map(lambda a: a[0], init)
+    mask = freezing.trainable_mask(one, spec, layers)
+    return model, jax.jit(loss), init, mask
+
+
+def is_finished(workdir: pathlib.Path) -> bool:
+    path = workdir / "summary.json"
+    return path.exists() and json.loads(path.read_text()).get("status") in ("done", "diverged")
+
+
+def analyse_kernel(config, kernel: str, root: pathlib.Path) -> dict:
+    from attn_dynamics import diagnostics
+    from experiments import train
+
+    run = copy.deepcopy(config.run)
+    run.model.kernel = kernel
+    workdir = root / f"kernel={kernel}"
+    t0 = time.time()
+    if not is_finished(workdir):
+        train.train_and_evaluate(run, workdir)
+    train_seconds = time.time() - t0
+    summary = json.loads((workdir / "summary.json").read_text())
+    _, loss, init, mask = problem(run, int(config.loss_batches))
+    params, step = load_params(workdir, config.seed_index)
+    init_params = jax.tree.map(lambda a: a[config.seed_index], init)
+
+    t1 = time.time()
+    k1, k2, k3 = jax.random.split(jax.random.key(config.direction_seed), 3)
+    d1 = diagnostics.filter_normalized_direction(k1, params, mask)
+    d2 = diagnostics.filter_normalized_direction(k2, params, mask)
+    grid = np.linspace(-config.grid_range, config.grid_range, config.grid_points)
+    surface = np.asarray(
+        diagnostics.loss_surface(loss, params, d1, d2, grid, grid, chunk=config.chunk)
+    )
+    surface_seconds = time.time() - t1
+
+    t2 = time.time()
+    from attn_dynamics import freezing
+
+    def trained_only(p):  # sharpness w.r.t. the trained parameters (frozen ones held fixed)
+        trainable, frozen = freezing.split(p, mask)
+        return trainable, (lambda t: loss(freezing.merge(t, frozen)))
+
+    sharp = {}
+    for name, p in (("init", init_params), ("trained", params)):
+        trainable, f = trained_only(p)
+        lam, _, iters = diagnostics.top_hessian_eigenvalue(
+            f, trainable, k3, num_iters=config.hessian_iters, tol=config.hessian_tol
+        )
+        sharp[name] = (float(lam), int(iters))
+    hessian_seconds = time.time() - t2
+
+    evaluation = summary.get("evaluation", {})
+    acc = {s: float(np.mean(v["accuracy"])) for s, v in evaluation.items() if "accuracy" in v}
+    return {
+        "kernel": kernel,
+        "workdir": str(workdir),
+        "checkpoint_step": step,
+        "loss_at_center": float(surface[config.grid_points // 2, config.grid_points // 2]),
+        "surface_min": float(surface.min()),
+        "surface_max": float(surface.max()),
+        "surface_mean": float(surface.mean()),
+        "sharpness_init": sharp["init"][0],
+        "sharpness_trained": sharp["trained"][0],
+        "power_iterations": [sharp["init"][1], sharp["trained"][1]],
+        "final_train_loss": summary.get("final_loss"),
+        "eval_accuracy": acc,
+        "train_seconds": train_seconds,
+        "surface_seconds": surface_seconds,
+        "hessian_seconds": hessian_seconds,
+        "grid": grid,
+        "surface": surface,
+    }
+
+
+def plot(results: list[dict], root: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    surfaces = [r["surface"] for r in results]
+    lo = min(float(s.min()) for s in surfaces)
+    hi = max(float(np.percentile(s, 98)) for s in surfaces)
+    levels = np.geomspace(max(lo, 1e-6), max(hi, lo * 1.01 + 1e-6), 16)
+
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.8), squeeze=False)
+    for ax, r in zip(axes[0], results, strict=True):
+        g = r["grid"]
+        cs = ax.contour(g, g, r["surface"].T, levels=levels, cmap="viridis", linewidths=0.9)
+        ax.clabel(cs, fontsize=6, fmt="%.2g")
+        ax.plot([0], [0], "r+", ms=8)
+        ax.set_title(f"{r['kernel']}: sharpness {r['sharpness_trained']:.3g}", fontsize=9)
+        ax.set_xlabel("direction 1 (filter-normalised)")
+        ax.set_ylabel("direction 2")
+    fig.tight_layout()
+    fig.savefig(root / "landscape_contour.png", dpi=90)
+    plt.close(fig)
+
+    fig = plt.figure(figsize=(4.6 * len(results), 4.0))
+    for i, r in enumerate(results):
+        ax = fig.add_subplot(1, len(results), i + 1, projection="3d")
+        a, b = np.meshgrid(r["grid"], r["grid"], indexing="ij")
+        z = np.minimum(r["surface"], hi)
+        ax.plot_surface(a, b, z, cmap="viridis", linewidth=0, antialiased=True)
+        ax.set_zlim(min(lo, float(z.min())), hi)
+        ax.set_title(r["kernel"], fontsize=9)
+        ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    fig.savefig(root / "landscape_surface.png", dpi=80)
+    plt.close(fig)
+
+
+def table(results: list[dict], config) -> str:
+    cols = [
+        "kernel",
+        "final train loss",
+        "eval accuracy",
+        "loss at centre",
+        "surface mean",
+        "surface max",
+        "sharpness at init",
+        "sharpness trained",
+        "train s",
+        "surface s",
+        "hessian s",
+    ]
+    lines = [
+        f"# Loss landscape, {len(results)} kernels\n",
+        f"Grid {config.grid_points}x{config.grid_points} over [-{config.grid_range}, "
+        f"{config.grid_range}]^2 along two filter-normalised random directions (direction seed "
+        f"{config.direction_seed}); training loss on {config.loss_batches} fixed batch(es); "
+        "sharpness = top Hessian eigenvalue of that loss (power iteration, trained parameters).\n",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
+    for r in results:
+        acc = ", ".join(f"{k} {v:.3f}" for k, v in r["eval_accuracy"].items()) or "–"
+        final = r["final_train_loss"]
+        vals = [
+            r["kernel"],
+            "–" if final is None else f"{final:.4g}",
+            acc,
+            f"{r['loss_at_center']:.4g}",
+            f"{r['surface_mean']:.4g}",
+            f"{r['surface_max']:.4g}",
+            f"{r['sharpness_init']:.4g}",
+            f"{r['sharpness_trained']:.4g}",
+            f"{r['train_seconds']:.0f}",
+            f"{r['surface_seconds']:.0f}",
+            f"{r['hessian_seconds']:.0f}",
+        ]
+        lines.append("| " + " | ".join(vals) + " |")
+    lines.append("\n![contours](landscape_contour.png)\n![surfaces](landscape_surface.png)\n")
+    return "\n".join(lines)
+
+
+def run(config, root: pathlib.Path) -> str:
+    root.mkdir(parents=True, exist_ok=True)
+    results = [analyse_kernel(config, k, root) for k in config.kernels]
+    np.savez(
+        root / "landscape.npz",
+        grid=results[0]["grid"],
+        **{f"surface_{r['kernel']}": r["surface"] for r in results},
+    )
+    (root / "landscape.json").write_text(
+        json.dumps(
+            [{k: v for k, v in r.items() if k not in ("grid", "surface")} for r in results],
+            indent=2,
+        )
+        + "\n"
+    )
+    plot(results, root)
+    text = table(results, config)
+    (root / "landscape.md").write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv if argv is None else argv
+    flags.FLAGS(argv)
+    if _CONFIG.value is None:
+        print("error: --config is required, e.g. --config=configs/landscape.py", file=sys.stderr)
+        return 2
+    print(run(_CONFIG.value, pathlib.Path(_WORKDIR.value)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
