@@ -81,7 +81,7 @@ def build_model(config: ml_collections.ConfigDict, info: dict):
         pooling=m.pooling,
         position=m.position,
         position_options=position_options(config),
-        max_len=max(m.max_len, info.get("seq_len", 0)),
+        max_len=max(m.max_len, info.get("max_len", 0), info.get("seq_len", 0)),
         dropout_rate=m.dropout_rate,
     )
 
