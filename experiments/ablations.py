@@ -827,6 +827,57 @@ def register_student_teacher() -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Cached generated data: a procedurally generated example is drawn once per (split, index)
+
+
+class _MemoizedExamples:
+    """Wraps a dataset's ``_examples(split, indices)``: each example is produced once."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.cache: dict = {}
+
+    def __call__(self, split, indices):
+        indices = [int(i) for i in np.asarray(indices)]
+        missing = [i for i in dict.fromkeys(indices) if (split, i) not in self.cache]
+        if missing:
+            rows = self.fn(split, np.asarray(missing, np.int64))
+            for j, i in enumerate(missing):
+                self.cache[(split, i)] = {k: v[j] for k, v in rows.items()}
+        first = self.cache[(split, indices[0])]
+        return {k: np.stack([self.cache[(split, i)][k] for i in indices]) for k in first}
+
+
+def register_cached(base_name: str) -> str:
+    """Register ``<base_name>_cached``: the same data set with every example kept in memory
+    after it is first generated (for generated data sets with a finite ``train_size``, e.g.
+    ``pathfinder``, whose on-the-fly drawing otherwise dominates a CPU run). Same fields, same
+    examples; returns the new name."""
+    import ml_collections
+
+    from attn_dynamics import data
+
+    name = f"{base_name}_cached"
+    if name in data.names():
+        return name
+
+    def default_config():
+        c = data.default_config(base_name)
+        c.name = name
+        return c
+
+    def factory(config, mesh=None):
+        inner = ml_collections.ConfigDict(config.to_dict())
+        inner.name = base_name
+        ds = data.get_dataset(inner, mesh=mesh)
+        ds._examples = _MemoizedExamples(ds._examples)
+        return ds
+
+    data.register(name, default_config, factory)
+    return name
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:

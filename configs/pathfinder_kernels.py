@@ -1,0 +1,59 @@
+"""Softmax vs Gaussian kernel on Pathfinder, several seeds (finding 5).
+
+The paper's 2-layer encoder (embedding 64, MLP 128, 2 heads) from ``pathfinder.py`` (Adam
+1e-3); 3 seeds per kernel trained at once (vmapped); test accuracy (mean ± std over seeds)
+and training loss vs steps (mean with a ±std band):
+
+    python -m experiments.sweep --config=configs/pathfinder_kernels.py:cpu --workdir=runs/pf
+    python -m experiments.ablations kernels runs/pf
+
+Default: the LRA task size (32x32 = 1024 tokens, contour length 14, 20k steps of batch 64),
+a GPU job. ``:cpu`` is what a 2-core CPU trains in about half an hour for both kernels:
+16x16 images (256 tokens), contour length 6 (the easy difficulty), a pool of 4096 training
+images generated once and kept in memory (``pathfinder_cached``, see
+``experiments/ablations.py``; drawing images is otherwise the bottleneck on CPU), 600 steps
+of batch 32, 512 test images. ``:smoke`` runs in seconds.
+"""
+
+from configs import pathfinder
+from experiments import ablations, defaults
+
+CACHED = ablations.register_cached("pathfinder")
+
+
+def get_config(arg=None):
+    args = set((arg or "").split(",")) - {""}
+    unknown = args - {"smoke", "cpu"}
+    if unknown:
+        raise ValueError(f"pathfinder_kernels: unknown args {sorted(unknown)}; valid: cpu, smoke")
+    c = pathfinder.get_config()
+    c.seeds = (0, 1, 2)
+    c.train.progress_bar = False
+    if "cpu" in args:
+        c.data.name = CACHED
+        c.data.resolution = 16
+        c.data.contour_length = 6
+        c.data.train_size = 4096
+        c.data.eval_size = 512
+        c.data.batch_size = 32
+        c.data.eval_batch_size = 128
+        c.train.num_steps = 600
+        c.train.log_every = 20
+        c.train.eval_every = 150
+        c.train.checkpoint_every = 600
+    if "smoke" in args:
+        defaults.smoke(c)
+        c.train.checkpoint_every = 1_000
+        c.data.name = CACHED
+        c.data.resolution = 16
+        c.data.contour_length = 4
+        c.model.max_len = 256
+        c.data.train_size = 16
+        c.data.eval_size = 8
+        c.data.batch_size = 4
+        c.data.eval_batch_size = 4
+    return c
+
+
+def get_sweep():
+    return {"model.kernel": ("softmax", "gaussian")}
