@@ -64,6 +64,7 @@ updates stale. ``k = 1`` is exact backpropagation through the solve at every ste
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -96,12 +97,49 @@ CHECKPOINT_BYTES = 256 * 2**20
 
 # ----------------------------------------------------------------------------- classic RK4
 
+_RK4_A = np.array(
+    [[0.0, 0.0, 0.0, 0.0], [0.5, 0.0, 0.0, 0.0], [0.0, 0.5, 0.0, 0.0], [0, 0, 1.0, 0]]
+)
+_RK4_B = np.array([1 / 6, 1 / 3, 1 / 3, 1 / 6])
+_RK4_C = np.array([0.0, 0.5, 0.5, 1.0])
+
+
+def rk4_tableau(substeps: int = 1) -> diffrax.ButcherTableau:
+    """Classic RK4 (``c = [1/2, 1/2, 1]``, ``a = [[1/2], [0, 1/2], [0, 0, 1]]``,
+    ``b = [1/6, 1/3, 1/3, 1/6]``); with ``substeps = s > 1``, ``s`` consecutive classic RK4
+    steps of size ``h / s`` written as one explicit RK method of ``4 s`` stages and step ``h``
+    (block lower-triangular ``a``: the same arithmetic, one diffrax step per ``s`` RK4 steps)."""
+    n = 4 * substeps
+    a, c, b = np.zeros((n, n)), np.zeros(n), np.zeros(n)
+    for j in range(substeps):
+        rows = slice(4 * j, 4 * j + 4)
+        a[rows, : 4 * j] = np.tile(_RK4_B, j)[None, :] / substeps
+        a[rows, rows] = _RK4_A / substeps
+        c[rows] = (j + _RK4_C) / substeps
+        b[rows] = _RK4_B / substeps
+    # No embedded method: the difference to the first-order (Euler) step is a crude error
+    # estimate, present because diffrax requires one; RK4 is meant for constant steps.
+    b_error = b.copy()
+    b_error[0] -= 1.0
+    return diffrax.ButcherTableau(
+        c=c[1:], a_lower=tuple(a[i, :i] for i in range(1, n)), b_sol=b, b_error=b_error
+    )
+
+
+def _rk4_dense_weights(s: Array) -> Array:
+    """The classic RK4 continuous extension (third order, no extra evaluations):
+    ``y(t0 + s h) = y0 + sum_i b_i(s) k_i``; at ``s = 1`` the weights are ``b``."""
+    s2, s3 = s * s, s * s * s
+    middle = s2 - 2 * s3 / 3
+    return jnp.stack([s - 1.5 * s2 + 2 * s3 / 3, middle, middle, 2 * s3 / 3 - s2 / 2])
+
 
 class _RK4Interpolation(AbstractLocalInterpolation):
-    """The third-order continuous extension of classic RK4 (no extra evaluations):
-    ``y(t0 + s h) = y0 + sum_i b_i(s) k_i`` with ``b_1 = s - 3s^2/2 + 2s^3/3``,
-    ``b_2 = b_3 = s^2 - 2s^3/3``, ``b_4 = -s^2/2 + 2s^3/3``; at ``s = 1`` it is the RK4 step."""
+    """Dense output of :class:`RK4`: within RK4 sub-step ``j`` of the ``substeps`` in a step,
+    ``y = y_j + sum_i b_i(sigma) k_{j,i}`` (``y_j`` the sub-step's start, ``sigma`` the position
+    inside it); third-order accurate, exact at the sub-step ends."""
 
+    substeps: ClassVar[int] = 1
     t0: Any
     t1: Any
     y0: PyTree
@@ -118,10 +156,13 @@ class _RK4Interpolation(AbstractLocalInterpolation):
         del left
         if t1 is not None:
             return jtu.tree_map(jnp.subtract, self.evaluate(t1), self.evaluate(t0))
-        s = linear_rescale(self.t0, t0, self.t1)
-        s2, s3 = s * s, s * s * s
-        middle = s2 - 2 * s3 / 3
-        weights = jnp.stack([s - 1.5 * s2 + 2 * s3 / 3, middle, middle, 2 * s3 / 3 - s2 / 2])
+        n = self.substeps
+        x = linear_rescale(self.t0, t0, self.t1) * n
+        j = jnp.clip(jnp.floor(x), 0, n - 1)
+        sub = jnp.asarray(np.repeat(np.arange(n), 4))  # the sub-step of every stage
+        done = jnp.asarray(np.tile(_RK4_B, n))
+        current = jnp.tile(_rk4_dense_weights(x - j), n)
+        weights = jnp.where(sub < j, done, jnp.where(sub == j, current, 0.0)) / n
 
         def _evaluate(y0, k):
             with jax.numpy_dtype_promotion("standard"):
@@ -130,21 +171,12 @@ class _RK4Interpolation(AbstractLocalInterpolation):
         return jtu.tree_map(_evaluate, self.y0, self.k)
 
 
-_rk4_tableau = diffrax.ButcherTableau(
-    c=np.array([1 / 2, 1 / 2, 1.0]),
-    a_lower=(np.array([1 / 2]), np.array([0.0, 1 / 2]), np.array([0.0, 0.0, 1.0])),
-    b_sol=np.array([1 / 6, 1 / 3, 1 / 3, 1 / 6]),
-    # No embedded method: the difference to the midpoint rule (order 2) is a crude error
-    # estimate, present because diffrax requires one; RK4 is meant for constant steps.
-    b_error=np.array([1 / 6, 1 / 3 - 1, 1 / 3, 1 / 6]),
-)
-
-
 class RK4(diffrax.AbstractERK):
     """The classic fourth-order Runge--Kutta method (diffrax ships none), with its third-order
-    continuous extension for dense / ``SaveAt(ts=...)`` output. Use it with constant steps."""
+    continuous extension for dense / ``SaveAt(ts=...)`` output. Use it with constant steps.
+    :func:`rk4` gives the variant that takes ``substeps`` RK4 steps per diffrax step."""
 
-    tableau: ClassVar[diffrax.ButcherTableau] = _rk4_tableau
+    tableau: ClassVar[diffrax.ButcherTableau] = rk4_tableau(1)
     interpolation_cls: ClassVar[Callable[..., _RK4Interpolation]] = _RK4Interpolation
 
     def order(self, terms):
@@ -153,6 +185,34 @@ class RK4(diffrax.AbstractERK):
 
 
 eqxi.doc_remove_args("scan_kind")(RK4.__init__)
+
+
+@functools.cache
+def _rk4_class(substeps_: int) -> type[RK4]:
+    if substeps_ == 1:
+        return RK4
+
+    class Interpolation(_RK4Interpolation):
+        substeps: ClassVar[int] = substeps_
+
+    class RK4Substeps(RK4):
+        tableau: ClassVar[diffrax.ButcherTableau] = rk4_tableau(substeps_)
+        interpolation_cls: ClassVar[Callable[..., _RK4Interpolation]] = Interpolation
+
+    RK4Substeps.__name__ = RK4Substeps.__qualname__ = f"RK4x{substeps_}"
+    return RK4Substeps
+
+
+def rk4(substeps: int = 1) -> RK4:
+    """Classic RK4 taking ``substeps`` RK4 steps of size ``h / substeps`` per diffrax step ``h``.
+
+    :func:`solve` steps once per position (``h = dt``) with ``substeps = rk4_substeps``: the same
+    RK4 steps of size ``dt / rk4_substeps`` as stepping ``dt / rk4_substeps`` at a time, but
+    ``rk4_substeps`` times fewer iterations of diffrax's step loop (the loop's bookkeeping, and
+    above all its checkpointed backward pass, dominate the cost of a small vector field)."""
+    if substeps < 1:
+        raise ValueError(f"rk4_substeps must be >= 1, got {substeps}")
+    return _rk4_class(int(substeps))()
 
 
 # ----------------------------------------------------------------------------- vector fields
@@ -322,9 +382,10 @@ def solve(
     """``p(t_i)`` for ``t_i = i * dt``, ``i < length``: ``[length, *p0.shape]``, in ``p0``'s dtype.
 
     One ``diffrax.diffeqsolve`` for the whole batched state ``p0 [..., d]`` (all layers and q/k/v
-    at once); ``theta`` goes through ``args``. ``solver='rk4'`` takes constant steps
-    ``dt / rk4_substeps`` (the reference: ``dt / 5``) and needs
-    ``(length - 1) * rk4_substeps <= max_steps``, checked before solving; ``'tsit5'`` /
+    at once); ``theta`` goes through ``args``. ``solver='rk4'`` takes constant classic RK4 steps
+    ``dt / rk4_substeps`` (the reference: ``dt / 5``), ``rk4_substeps`` of them inside each
+    diffrax step from one position to the next (:func:`rk4`), and needs
+    ``(length - 1) * rk4_substeps <= max_steps`` (RK4 steps), checked before solving; ``'tsit5'`` /
     ``'dopri5'`` adapt their steps to ``rtol`` / ``atol`` (a PID controller) and fail at run time
     when they need more than ``max_steps``. Both errors name ``config.model.floater.max_steps``.
     ``length``, ``dt`` and the options are static (Python numbers): changing them retraces.
@@ -359,23 +420,31 @@ def solve(
                 f"raise {MAX_STEPS_OPTION} to at least {steps} (or lower "
                 "config.model.floater.rk4_substeps)"
             )
-        # Step ends are exactly the save points (same floating-point values), so the saved
-        # values are RK4 steps, not interpolations.
-        fine = (jnp.arange(steps + 1, dtype=dtype) / rk4_substeps) * jnp.asarray(dt, dtype)
-        diffrax_solver = RK4()
-        controller = diffrax.StepTo(ts=fine)
+        # One diffrax step per position (rk4_substeps RK4 steps inside it): the step ends are
+        # exactly the save points, so the saved values are RK4 steps, not interpolations.
+        diffrax_solver = rk4(rk4_substeps)
+        controller = diffrax.StepTo(ts=ts)
         dt0 = None
-        state_bytes = 6 * p0.size * p0.dtype.itemsize  # y and 4 stages, roughly
-        checkpoints = int(min(steps, max(CHECKPOINT_BYTES // state_bytes, 2 * steps.bit_length())))
+        diffrax_max_steps = length - 1
+        state_bytes = (2 + 4 * rk4_substeps) * p0.size * p0.dtype.itemsize  # y, stages
+        checkpoints = int(
+            min(length - 1, max(CHECKPOINT_BYTES // state_bytes, 2 * length.bit_length()))
+        )
     else:
         diffrax_solver = diffrax.Tsit5() if solver == "tsit5" else diffrax.Dopri5()
         controller = diffrax.PIDController(rtol=rtol, atol=atol)
         dt0 = dt
+        diffrax_max_steps = max_steps
         checkpoints = None
     if adjoint == "recursive_checkpoint":
         adjoint_ = diffrax.RecursiveCheckpointAdjoint(checkpoints=checkpoints)
     else:
-        adjoint_ = diffrax.BacksolveAdjoint(solver=diffrax_solver, stepsize_controller=controller)
+        # The adjoint ODE runs backwards one interval [t_{i+1} -> t_i] at a time: one RK4 step
+        # of -dt each (StepTo's increasing grid cannot run backwards); adaptive as forwards.
+        backward = {"solver": diffrax_solver, "stepsize_controller": controller}
+        if solver == "rk4":
+            backward.update(stepsize_controller=diffrax.ConstantStepSize(), dt0=-dt)
+        adjoint_ = diffrax.BacksolveAdjoint(**backward)
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(apply),
         diffrax_solver,
@@ -387,7 +456,7 @@ def solve(
         saveat=diffrax.SaveAt(ts=ts),
         stepsize_controller=controller,
         adjoint=adjoint_,
-        max_steps=max_steps,
+        max_steps=diffrax_max_steps,
         throw=False,
     )
     ys = eqx.error_if(

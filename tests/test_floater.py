@@ -1,0 +1,336 @@
+"""FLOATER: the ODE solve against closed forms, gradients, injections, warm start, caching."""
+
+from __future__ import annotations
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import scipy.linalg
+
+from attn_dynamics import floater, models, position
+from experiments import defaults
+
+DIM, LAYERS = 8, 2
+
+
+def encoder(**kw) -> models.EncoderClassifier:
+    kw = {
+        "num_classes": 3,
+        "vocab_size": 11,
+        "num_layers": LAYERS,
+        "embed_dim": DIM,
+        "mlp_dim": 16,
+        "max_len": 8,
+        **kw,
+    }
+    return models.EncoderClassifier(**kw)
+
+
+def tokens(rng, batch=2, length=6):
+    return jnp.asarray(rng.integers(0, 11, size=(batch, length)), jnp.int32)
+
+
+# -------------------------------------------------------------------------------- the solve
+
+
+@pytest.mark.parametrize(("solver", "custom"), [("rk4", False), ("tsit5", True)])
+def test_linear_dynamics_match_matrix_exponential(solver, custom, rng):
+    """dp/dt = A p from a batched [L, 3, d] state: p(t_i) = expm(A t_i) p(0), float64."""
+    length, dt = 40, 0.02
+    with jax.enable_x64(True):
+        a = jnp.asarray(rng.normal(size=(DIM, DIM)) / np.sqrt(DIM))
+        p0 = jnp.asarray(rng.normal(size=(LAYERS, 3, DIM)))
+        field = (lambda t, p, theta: p @ theta["matrix"].T) if custom else "linear"
+        got = floater.solve(
+            field,
+            {"matrix": a},
+            p0,
+            length,
+            dt=dt,
+            solver=solver,
+            rtol=1e-11,
+            atol=1e-11,
+            max_steps=4096,
+        )
+        assert got.shape == (length, LAYERS, 3, DIM) and got.dtype == jnp.float64
+        got, a, p0 = np.asarray(got), np.asarray(a), np.asarray(p0)
+    ts = np.arange(length) * dt
+    want = np.stack([np.einsum("ij,lkj->lki", scipy.linalg.expm(a * t), p0) for t in ts])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+def test_rk4_substeps_are_rk4_steps_and_dense_output_is_third_order(rng):
+    """One diffrax step holding 5 RK4 steps == 5 diffrax RK4 steps; mid-step output accurate."""
+    with jax.enable_x64(True):
+        a = jnp.asarray(rng.normal(size=(DIM, DIM)) / np.sqrt(DIM))
+        p0 = jnp.asarray(rng.normal(size=(3, DIM)))
+        term = diffrax.ODETerm(floater.linear_field)
+        coarse = jnp.arange(11) * 0.1
+        fine = jnp.arange(51) * 0.02
+        kw = dict(t0=0.0, t1=1.0, dt0=None, y0=p0, args={"matrix": a})
+        composite = diffrax.diffeqsolve(
+            term,
+            floater.rk4(5),
+            **kw,
+            saveat=diffrax.SaveAt(ts=coarse),
+            stepsize_controller=diffrax.StepTo(ts=coarse),
+        )
+        single = diffrax.diffeqsolve(
+            term,
+            floater.rk4(1),
+            **kw,
+            saveat=diffrax.SaveAt(ts=coarse),
+            stepsize_controller=diffrax.StepTo(ts=fine),
+        )
+        np.testing.assert_allclose(
+            np.asarray(composite.ys), np.asarray(single.ys), rtol=0, atol=1e-12
+        )
+        off_grid = np.sort(rng.uniform(0, 1, size=7))
+        dense = diffrax.diffeqsolve(
+            term,
+            floater.rk4(5),
+            **kw,
+            saveat=diffrax.SaveAt(ts=jnp.asarray(off_grid)),
+            stepsize_controller=diffrax.StepTo(ts=coarse),
+        )
+        got, a, p0 = np.asarray(dense.ys), np.asarray(a), np.asarray(p0)
+    want = np.stack([p0 @ scipy.linalg.expm(a * t).T for t in off_grid])
+    # Third-order dense output: error O(step^4) (~3e-9 at step 0.02), vs ~1e-4 for linear.
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-7)
+
+
+def test_sinusoidal_field_reproduces_sinusoidal_table():
+    """Rotation per frequency pair from p(0) = [0, 1, 0, 1, ...]: the Vaswani table, via RK4."""
+    dim, length, dt = 64, 512, 0.01
+    with jax.enable_x64(True):
+        theta = {"frequency": floater.sinusoidal_frequencies(dim, dt, dtype=jnp.float64)}
+        p0 = floater._sinusoidal_initial_value(None, (dim,), jnp.float64)
+        # Step dt/20: the fastest pair turns 1 rad per position; at dt/5 (0.2 rad per RK4 step)
+        # the accumulated phase error over 512 positions is ~7e-3.
+        got = floater.solve(
+            "sinusoidal", theta, p0, length, dt=dt, rk4_substeps=20, max_steps=20_000
+        )
+        assert got.dtype == jnp.float64
+        got = np.asarray(got)
+    err = np.max(np.abs(got - np.asarray(position.sinusoidal_table(length, dim))))
+    assert err <= 1e-4, err
+
+
+def test_zero_field_gives_constant_positions(rng):
+    p0 = jnp.asarray(rng.normal(size=(LAYERS, DIM)), jnp.float32)
+    got = floater.solve("zero", {}, p0, 30)
+    np.testing.assert_array_equal(got, jnp.broadcast_to(p0, got.shape))
+    # The warm-start MLP (zero last layer) is h = 0 as well.
+    theta = floater.get_vector_field("mlp").init(
+        jax.random.key(0), dim=DIM, hidden_dim=0, dt=0.01, warm_start=True, dtype=jnp.float32
+    )
+    got = floater.solve("mlp", theta, p0, 30)
+    np.testing.assert_array_equal(got, jnp.broadcast_to(p0, got.shape))
+
+
+@pytest.mark.parametrize(
+    ("adjoint", "field", "rtol"),
+    [
+        # Backpropagation through the solver: the exact gradient of the discrete solve.
+        ("recursive_checkpoint", "mlp", 1e-7),
+        # Backsolve integrates the adjoint ODE backwards: approximate (O(step^4) on a smooth
+        # field; the ReLU field's kinks make it worse, ~1e-3 relative here).
+        ("backsolve", "linear", 1e-6),
+    ],
+)
+def test_gradients_match_finite_differences(adjoint, field, rtol, rng):
+    """d/d theta and d/d p(0) of a random projection of every position (float64)."""
+    length = 12
+    with jax.enable_x64(True):
+        theta = floater.get_vector_field(field).init(
+            jax.random.key(int(rng.integers(2**31))),
+            dim=DIM,
+            hidden_dim=6,
+            dt=0.01,
+            warm_start=False,
+            dtype=jnp.float64,
+        )
+        p0 = jnp.asarray(rng.normal(size=(LAYERS, 3, DIM)))
+        weights = jnp.asarray(rng.normal(size=(length, LAYERS, 3, DIM)))
+
+        def loss(theta, p0):
+            ys = floater.solve(field, theta, p0, length, dt=0.1, adjoint=adjoint)
+            return jnp.sum(weights * jnp.tanh(ys))
+
+        grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(theta, p0)
+        for grad in grads:  # theta and p(0) both receive gradient
+            assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grad))
+        directions = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape)), (theta, p0))
+        eps = 1e-6
+        plus = jax.tree.map(lambda x, v: x + eps * v, (theta, p0), directions)
+        minus = jax.tree.map(lambda x, v: x - eps * v, (theta, p0), directions)
+        numeric = float((loss(*plus) - loss(*minus)) / (2 * eps))
+        analytic = sum(
+            float(jnp.vdot(g, v))
+            for g, v in zip(jax.tree.leaves(grads), jax.tree.leaves(directions), strict=True)
+        )
+    np.testing.assert_allclose(analytic, numeric, rtol=rtol)
+
+
+def test_max_steps_errors_name_the_config_option():
+    p0 = jnp.ones((2, DIM), jnp.float32)
+    theta = {"matrix": 3.0 * jnp.eye(DIM)}
+    with pytest.raises(ValueError, match=r"config\.model\.floater\.max_steps"):
+        floater.solve("linear", theta, p0, 100, rk4_substeps=5, max_steps=100)
+    with pytest.raises(Exception, match=r"config\.model\.floater\.max_steps"):
+        jax.block_until_ready(
+            jax.jit(
+                lambda th: floater.solve(
+                    "linear", th, p0, 100, solver="tsit5", rtol=1e-8, atol=1e-8, max_steps=3
+                )
+            )(theta)
+        )
+
+
+def test_registries_list_valid_names():
+    with pytest.raises(ValueError, match="valid vector fields"):
+        floater.get_vector_field("nope")
+    with pytest.raises(ValueError, match="valid injections"):
+        position.make("floater", dim=DIM, num_layers=LAYERS, max_len=8, injection="nope")
+    with pytest.raises(ValueError, match="valid solvers"):
+        position.make("floater", dim=DIM, num_layers=LAYERS, max_len=8, solver="euler")
+
+
+# -------------------------------------------------------------------------------- the module
+
+
+def test_factory_takes_the_config_fields_and_reference_size():
+    options = dict(defaults.floater_config())
+    module = position.make("floater", dim=512, num_layers=6, max_len=1024, **options)
+    shapes = jax.eval_shape(lambda key: module.init(key, 4), jax.random.key(0))["params"]
+    assert floater.num_params(shapes["vector_field"]) == 526_336  # the paper's ~526K at d=512
+    assert shapes["initial_value"].shape == (6, 3, 512)
+
+
+@pytest.mark.parametrize(
+    ("injection", "present"),
+    [
+        ("input", ("at_input",)),
+        ("every_layer", ("per_layer",)),
+        ("qkv_bias", ("at_input", "qkv_bias")),
+    ],
+)
+def test_injections_and_cached_terms(injection, present, rng, key):
+    model = encoder(position="floater", position_options={"injection": injection})
+    x = tokens(rng)
+    variables = model.init(key, x)
+    terms = floater.cached_terms(model, variables, 8)  # longer than the batch: sliced
+    shapes = {
+        "at_input": (8, DIM),
+        "per_layer": (LAYERS, 8, DIM),
+        "qkv_bias": (LAYERS, 3, 8, DIM),
+    }
+    for name in ("at_input", "per_layer", "qkv_bias"):
+        value = getattr(terms, name)
+        assert (value is not None) == (name in present), name
+        if value is not None:
+            assert value.shape == shapes[name]
+    np.testing.assert_allclose(
+        model.apply(variables, x, position_terms=terms), model.apply(variables, x), atol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    ("injection", "baseline"),
+    [("qkv_bias", "sinusoidal"), ("input", "none"), ("every_layer", "none")],
+)
+def test_warm_start_equals_the_model_without_floater(injection, baseline, rng, key):
+    x = tokens(rng)
+    plain = encoder(position=baseline)
+    pretrained = plain.init(jax.random.key(1), x)
+    model = encoder(
+        position="floater", position_options={"injection": injection, "warm_start": True}
+    )
+    fresh = model.init(key, x)
+    params = floater.warm_start_params(fresh, pretrained)
+    floater_params = params["params"]["position_encoding"]
+    np.testing.assert_array_equal(
+        floater_params["initial_value"], fresh["params"]["position_encoding"]["initial_value"]
+    )
+    np.testing.assert_array_equal(
+        params["params"]["block_0"]["attention"]["query"]["kernel"],
+        pretrained["params"]["block_0"]["attention"]["query"]["kernel"],
+    )
+    np.testing.assert_array_equal(model.apply(params, x), plain.apply(pretrained, x))
+    # Bare parameter trees work too; a shared path with another shape is an error.
+    bare = floater.warm_start_params(fresh["params"], pretrained["params"])
+    np.testing.assert_array_equal(model.apply({"params": bare}, x), plain.apply(pretrained, x))
+    with pytest.raises(ValueError, match="differ in shape"):
+        floater.warm_start_params(fresh, encoder(position=baseline, embed_dim=16).init(key, x))
+
+
+def test_extrapolates_by_integrating_further(rng, key):
+    """Trained on length 6 with max_len 8; 2x and 4x the length run, finite, same prefix."""
+    model = encoder(position="floater", max_len=8)
+    variables = model.init(key, tokens(rng, length=6))
+    short = floater.cached_terms(model, variables, 6)
+    long = floater.cached_terms(model, variables, 24)
+    assert long.qkv_bias.shape == (LAYERS, 3, 24, DIM)
+    assert bool(jnp.all(jnp.isfinite(long.qkv_bias)))
+    np.testing.assert_allclose(long.qkv_bias[:, :, :6], short.qkv_bias, rtol=1e-5, atol=1e-6)
+    logits = model.apply(variables, tokens(rng, length=12))
+    assert logits.shape == (2, 3) and bool(jnp.all(jnp.isfinite(logits)))
+
+
+def test_train_step_does_not_retrace(rng, key):
+    model = encoder(position="floater")
+    x, y = tokens(rng), jnp.asarray(rng.integers(0, 3, size=(2,)), jnp.int32)
+    params = model.init(key, x)
+    optimizer = optax.adam(1e-2)
+    traces = []
+
+    @jax.jit
+    def step(params, opt_state, x, y):
+        traces.append(None)
+
+        def loss(params):
+            return models.classification_loss(model.apply(params, x), y)
+
+        value, grads = jax.value_and_grad(loss)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value, grads
+
+    opt_state = optimizer.init(params)
+    for _ in range(3):
+        new, opt_state, _, grads = step(params, opt_state, x, y)
+        assert not np.array_equal(
+            new["params"]["position_encoding"]["initial_value"],
+            params["params"]["position_encoding"]["initial_value"],
+        )
+        params = new
+    assert len(traces) == 1
+    flat = jax.tree.leaves(grads["params"]["position_encoding"])
+    assert all(bool(jnp.all(jnp.isfinite(g))) and float(jnp.abs(g).max()) > 0 for g in flat)
+
+
+def test_resolve_due():
+    assert [floater.resolve_due(s, 3) for s in range(5)] == [True, False, False, True, False]
+    assert all(floater.resolve_due(s, 1) for s in range(3))
+
+
+def test_config_file_selects_the_encoding():
+    pytest.importorskip("attn_dynamics.data")
+    from configs import floater_order
+
+    c = floater_order.get_config("smoke")
+    assert c.model.name == "encoder" and c.model.position == "floater"
+    assert c.train.num_steps <= 20
+    module = position.make(
+        c.model.position,
+        dim=c.model.embed_dim,
+        num_layers=c.model.num_layers,
+        max_len=c.model.max_len,
+        **dict(c.model.floater),
+    )
+    assert isinstance(module, floater.Floater)
+    for name in ("none", "sinusoidal", "learned"):
+        c.model.position = name  # what --config.model.position=... does
+        assert name in position.names()
