@@ -121,13 +121,13 @@ def test_sinusoidal_field_reproduces_sinusoidal_table():
 
 def test_zero_field_gives_constant_positions(rng):
     p0 = jnp.asarray(rng.normal(size=(LAYERS, DIM)), jnp.float32)
-    got = floater.solve("zero", {}, p0, 30)
+    got = floater.solve("zero", {}, p0, 6)
     np.testing.assert_array_equal(got, jnp.broadcast_to(p0, got.shape))
     # The warm-start MLP (zero last layer) is h = 0 as well.
     theta = floater.get_vector_field("mlp").init(
         jax.random.key(0), dim=DIM, hidden_dim=0, dt=0.01, warm_start=True, dtype=jnp.float32
     )
-    got = floater.solve("mlp", theta, p0, 30)
+    got = floater.solve("mlp", theta, p0, 6)
     np.testing.assert_array_equal(got, jnp.broadcast_to(p0, got.shape))
 
 
@@ -160,14 +160,15 @@ def test_gradients_match_finite_differences(adjoint, field, rtol, rng):
             ys = floater.solve(field, theta, p0, length, dt=0.1, adjoint=adjoint)
             return jnp.sum(weights * jnp.tanh(ys))
 
-        grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(theta, p0)
+        value_and_grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))  # one compile
+        _, grads = value_and_grad(theta, p0)
         for grad in grads:  # theta and p(0) both receive gradient
             assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grad))
         directions = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape)), (theta, p0))
         eps = 1e-6
         plus = jax.tree.map(lambda x, v: x + eps * v, (theta, p0), directions)
         minus = jax.tree.map(lambda x, v: x - eps * v, (theta, p0), directions)
-        numeric = float((loss(*plus) - loss(*minus)) / (2 * eps))
+        numeric = float((value_and_grad(*plus)[0] - value_and_grad(*minus)[0]) / (2 * eps))
         analytic = sum(
             float(jnp.vdot(g, v))
             for g, v in zip(jax.tree.leaves(grads), jax.tree.leaves(directions), strict=True)
@@ -222,11 +223,11 @@ def test_injections_and_cached_terms(injection, present, rng, key):
     model = encoder(position="floater", position_options={"injection": injection})
     x = tokens(rng)
     variables = model.init(key, x)
-    terms = floater.cached_terms(model, variables, 8)  # longer than the batch: sliced
+    terms = floater.cached_terms(model, variables, x.shape[1])
     shapes = {
-        "at_input": (8, DIM),
-        "per_layer": (LAYERS, 8, DIM),
-        "qkv_bias": (LAYERS, 3, 8, DIM),
+        "at_input": (6, DIM),
+        "per_layer": (LAYERS, 6, DIM),
+        "qkv_bias": (LAYERS, 3, 6, DIM),
     }
     for name in ("at_input", "per_layer", "qkv_bias"):
         value = getattr(terms, name)
@@ -263,21 +264,31 @@ def test_warm_start_equals_the_model_without_floater(injection, baseline, rng, k
     # Bare parameter trees work too; a shared path with another shape is an error.
     bare = floater.warm_start_params(fresh["params"], pretrained["params"])
     np.testing.assert_array_equal(model.apply({"params": bare}, x), plain.apply(pretrained, x))
+    wrong = jax.tree.map(lambda leaf: leaf, pretrained)
+    wrong["params"]["head"]["kernel"] = jnp.zeros((DIM + 1, 3))
     with pytest.raises(ValueError, match="differ in shape"):
-        floater.warm_start_params(fresh, encoder(position=baseline, embed_dim=16).init(key, x))
+        floater.warm_start_params(fresh, wrong)
 
 
 def test_extrapolates_by_integrating_further(rng, key):
-    """Trained on length 6 with max_len 8; 2x and 4x the length run, finite, same prefix."""
+    """Trained on length 6 with max_len 8: twice the length runs, finite, same prefix; a cache
+    for the longest length serves shorter batches."""
     model = encoder(position="floater", max_len=8)
     variables = model.init(key, tokens(rng, length=6))
     short = floater.cached_terms(model, variables, 6)
-    long = floater.cached_terms(model, variables, 24)
-    assert long.qkv_bias.shape == (LAYERS, 3, 24, DIM)
+    long = floater.cached_terms(model, variables, 12)
+    assert long.qkv_bias.shape == (LAYERS, 3, 12, DIM)
     assert bool(jnp.all(jnp.isfinite(long.qkv_bias)))
     np.testing.assert_allclose(long.qkv_bias[:, :, :6], short.qkv_bias, rtol=1e-5, atol=1e-6)
-    logits = model.apply(variables, tokens(rng, length=12))
+    x = tokens(rng, length=12)
+    logits = model.apply(variables, x)
     assert logits.shape == (2, 3) and bool(jnp.all(jnp.isfinite(logits)))
+    np.testing.assert_allclose(model.apply(variables, x, position_terms=long), logits, atol=1e-5)
+    np.testing.assert_allclose(
+        model.apply(variables, x[:, :6], position_terms=long),
+        model.apply(variables, x[:, :6]),
+        atol=1e-5,
+    )
 
 
 def test_train_step_does_not_retrace(rng, key):
