@@ -75,7 +75,8 @@ def _inject_parameters(nb, runs_dir: pathlib.Path) -> None:
     nb.cells.insert(index + 1, injected)
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+# Longest first (04, 03, ...), so that with pytest -n the slow ones do not start last.
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS, reverse=True), ids=lambda p: p.stem)
 def test_notebook_runs_in_smoke_mode(path: pathlib.Path, tmp_path: pathlib.Path, monkeypatch):
     repo = _working_copy(tmp_path / "repo")
     runs = tmp_path / "runs"
