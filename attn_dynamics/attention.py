@@ -45,8 +45,13 @@ def fused_attention(
             f"'explicit' or one of {[n for n in kernels.names() if _has_fast_path(n)]}"
         )
     batch_shape = q.shape[:-3]
+    scale, bias = form.scale(q.shape[-1], **options), form.key_bias(k, **options)
+    if bias is not None:
+        # A key bias passed as the op's `bias` is broadcast to [B, h, Tq, Tk] and its gradient
+        # costs another pass over that array (about 2x slower on CPU for the Gaussian kernel);
+        # folded into one more q/k feature it is part of the matmuls.
+        q, k = kernels.fold_key_bias(q, k, bias, scale)
     d, dv = q.shape[-1], v.shape[-1]
-    scale, bias = form.scale(d, **options), form.key_bias(k, **options)
     # The fused op wants one head size for q, k and v; zero-padding the smaller side is exact
     # (zeros add nothing to q.k, and padded value columns are sliced off).
     q, k, v = _pad_last(q, dv), _pad_last(k, dv), _pad_last(v, d)
@@ -55,7 +60,6 @@ def fused_attention(
         flat(q),
         flat(k),
         flat(v),
-        bias=None if bias is None else _flat_heads(bias, batch_shape),
         mask=None if mask is None else _flat_heads(mask, batch_shape),
         scale=scale,
     )

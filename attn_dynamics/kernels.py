@@ -127,9 +127,24 @@ def squared_norms(x: Array) -> Array:
 
 
 def softmax_logits(form: SoftmaxForm, q: Array, k: Array, **options) -> Array:
-    logits = form.scale(q.shape[-1], **options) * dot_scores(q, k)
-    bias = form.key_bias(k, **options)
-    return logits if bias is None else logits + bias
+    scale, bias = form.scale(q.shape[-1], **options), form.key_bias(k, **options)
+    if bias is not None:
+        q, k = fold_key_bias(q, k, bias, scale)
+    return scale * dot_scores(q, k)
+
+
+def fold_key_bias(q: Array, k: Array, bias: Array, scale: float) -> tuple[Array, Array]:
+    """``(q', k')`` with ``scale * q'_i . k'_j == scale * q_i . k_j + bias_j``.
+
+    The per-key bias ``[..., h, 1, Tk]`` becomes one more feature: ``q' = [q, 1]`` and
+    ``k'_j = [k_j, bias_j / scale]``. The logits are then a plain scaled matmul: no bias is
+    broadcast over ``[..., h, Tq, Tk]`` and added, and its gradient (a sum over queries of the
+    logits' gradient, one more pass over that array) comes out of the matmul for ``k'``'s.
+    """
+    column = jnp.swapaxes(bias[..., 0, :], -1, -2)[..., None] / scale  # [..., Tk, h, 1]
+    column = jnp.broadcast_to(column, (*k.shape[:-1], 1)).astype(k.dtype)
+    ones = jnp.ones((*q.shape[:-1], 1), q.dtype)
+    return jnp.concatenate([q, ones], axis=-1), jnp.concatenate([k, column], axis=-1)
 
 
 def masked_softmax(logits: Array, mask: Array | None) -> Array:
