@@ -48,7 +48,7 @@ def fused_attention(
     scale, bias = form.scale(q.shape[-1], **options), form.key_bias(k, **options)
     if bias is not None:
         # A key bias passed as the op's `bias` is broadcast to [B, h, Tq, Tk] and its gradient
-        # costs another pass over that array (about 2x slower on CPU for the Gaussian kernel);
+        # costs another pass over that array (up to 2x slower on CPU for the Gaussian kernel);
         # folded into one more q/k feature it is part of the matmuls.
         q, k = kernels.fold_key_bias(q, k, bias, scale)
     d, dv = q.shape[-1], v.shape[-1]

@@ -139,7 +139,8 @@ def fold_key_bias(q: Array, k: Array, bias: Array, scale: float) -> tuple[Array,
     The per-key bias ``[..., h, 1, Tk]`` becomes one more feature: ``q' = [q, 1]`` and
     ``k'_j = [k_j, bias_j / scale]``. The logits are then a plain scaled matmul: no bias is
     broadcast over ``[..., h, Tq, Tk]`` and added, and its gradient (a sum over queries of the
-    logits' gradient, one more pass over that array) comes out of the matmul for ``k'``'s.
+    logits' gradient, one more pass over that array) comes out of the matmul that computes
+    the gradient of ``k'``.
     """
     column = jnp.swapaxes(bias[..., 0, :], -1, -2)[..., None] / scale  # [..., Tk, h, 1]
     column = jnp.broadcast_to(column, (*k.shape[:-1], 1)).astype(k.dtype)
