@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -75,15 +76,38 @@ def make_mask(rng, batch, t, kind):
 
 CASES = {  # batch shape, sequence length, heads, q/k head dim, v head dim, mask
     "plain": ((), 6, 2, 8, 8, None),
-    "batch2": ((2, 3), 5, 3, 8, 8, None),
     "batch-dv>d-padding": ((3,), 7, 2, 4, 12, "padding"),
     "batch-dv<d-causal": ((2,), 6, 2, 8, 4, "causal"),
     "batch2-dv<d-combined": ((2, 3), 5, 3, 12, 4, "combined"),
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("name", softmax_form_names())
+@functools.partial(jax.jit, static_argnames="name")
+def both_paths(q, k, v, mask, cotangent, *, name):
+    """(output, grads w.r.t. q, k, v) of the fused and the explicit path, in one compilation
+    (a whole jitted test is far cheaper than compiling each op eagerly for new shapes)."""
+
+    def run(attend):
+        def loss(q, k, v):
+            out = attend(q, k, v, kernel=name, mask=mask)
+            return jnp.sum(out.astype(jnp.float32) * cotangent), out
+
+        grads, out = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+        return out, grads
+
+    return run(attention.fused_attention), run(attention.explicit_attention)
+
+
+def fused_cases():
+    """Every case for the built-in softmax-form kernels, the hardest one for other ones."""
+    return [
+        (name, case)
+        for name in softmax_form_names()
+        for case in (CASES if name in ("gaussian", "softmax") else ["batch2-dv<d-combined"])
+    ]
+
+
+@pytest.mark.parametrize("name, case", fused_cases())
 def test_fused_equals_explicit(name, case, rng):
     batch, t, heads, d, dv, mask_kind = CASES[case]
     q = jnp.asarray(rng.normal(size=(*batch, t, heads, d)), jnp.float32)
@@ -91,27 +115,27 @@ def test_fused_equals_explicit(name, case, rng):
     v = jnp.asarray(rng.normal(size=(*batch, t, heads, dv)), jnp.float32)
     mask = make_mask(rng, batch, t, mask_kind)
     cot = jnp.asarray(rng.normal(size=(*batch, t, heads, dv)), jnp.float32)
-
-    def run(attend):
-        def loss(q, k, v):
-            out = attend(q, k, v, kernel=name, mask=mask)
-            return jnp.sum(out * cot), out
-
-        return jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)
-
-    (gq, gk, gv), fast = run(attention.fused_attention)
-    (eq, ek, ev), explicit = run(attention.explicit_attention)
+    (fast, fast_grads), (explicit, explicit_grads) = both_paths(q, k, v, mask, cot, name=name)
     assert fast.shape == explicit.shape == (*batch, t, heads, dv)
     np.testing.assert_allclose(fast, explicit, rtol=1e-5, atol=2e-6)
-    for a, b in ((gq, eq), (gk, ek), (gv, ev)):
+    for a, b in zip(fast_grads, explicit_grads, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     if mask is not None:  # fully masked query rows give zeros on both paths
         no_key = ~np.broadcast_to(np.asarray(mask), (*batch, heads, t, t)).any(-1)
         assert no_key.any() or mask_kind == "causal"
-        np.testing.assert_array_equal(np.asarray(fast)[np.swapaxes(no_key, -1, -2)], 0.0)
-    # auto picks the fused path for softmax-form kernels
-    auto = attention.multi_head_attention(q, k, v, kernel=name, mask=mask)
-    np.testing.assert_array_equal(auto, fast)
+        no_key = np.swapaxes(no_key, -1, -2)  # [..., Tq, h]
+        np.testing.assert_array_equal(np.asarray(fast)[no_key], 0.0)
+        np.testing.assert_array_equal(np.asarray(explicit)[no_key], 0.0)
+
+
+@functools.partial(jax.jit, static_argnames="name")
+def fused_value_and_grads(q, k, v, mask, *, name):
+    def loss(q, k, v):
+        out = attention.fused_attention(q, k, v, kernel=name, mask=mask)
+        return jnp.sum(out.astype(jnp.float32)), out
+
+    grads, out = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+    return out, grads
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
@@ -125,15 +149,11 @@ def test_fused_finite_for_far_apart_and_coincident(name, dtype, rng):
     mask = make_mask(rng, (2,), 6, "padding")
     for q, k in ((base, base), (base, far)):
         q, k = jnp.asarray(q, dtype), jnp.asarray(k, dtype)
-
-        def loss(q, k, v):
-            out = attention.fused_attention(q, k, v, kernel=name, mask=mask)
-            return jnp.sum(out.astype(jnp.float32))
-
-        out = attention.fused_attention(q, k, v, kernel=name, mask=mask)
+        out, grads = fused_value_and_grads(q, k, v, mask, name=name)
         assert out.dtype == dtype
         assert np.all(np.isfinite(np.asarray(out, np.float32)))
-        for g in jax.grad(loss, argnums=(0, 1, 2))(q, k, v):
+        for g in grads:
+            assert g.dtype == dtype
             assert np.all(np.isfinite(np.asarray(g, np.float32)))
 
 
@@ -146,11 +166,11 @@ def test_fused_matches_float64_reference(rng):
     expected = np_attend(w / w.sum(-1, keepdims=True), v)
     args = [jnp.asarray(x, jnp.float32) for x in (q, k, v)]
     for attend in (attention.fused_attention, attention.explicit_attention):
-        got = attend(*args, kernel="gaussian", sigma2=sigma2)
+        got = jax.jit(functools.partial(attend, kernel="gaussian", sigma2=sigma2))(*args)
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_implementation_choice_and_errors(rng):
+def test_implementation_choice_and_errors(rng, monkeypatch):
     q, k, v = (jnp.asarray(rng.normal(size=(4, 2, 4)), jnp.float32) for _ in range(3))
     with pytest.raises(ValueError, match="no softmax form"):
         attention.multi_head_attention(q, k, v, kernel="linear", implementation="fast")
@@ -158,11 +178,20 @@ def test_implementation_choice_and_errors(rng):
         attention.multi_head_attention(q, k, v, implementation="flash")
     with pytest.raises(ValueError, match="nope.*softmax"):
         attention.multi_head_attention(q, k, v, kernel="nope")
-    for name in ("linear", "gaussian_unnormalized"):  # auto falls back to explicit
-        np.testing.assert_array_equal(
-            attention.multi_head_attention(q, k, v, kernel=name),
-            attention.explicit_attention(q, k, v, kernel=name),
-        )
+    # which path each (kernel, implementation) takes, seen through spies
+    calls = []
+    monkeypatch.setattr(attention, "fused_attention", lambda *a, **kw: calls.append("fast"))
+    monkeypatch.setattr(attention, "explicit_attention", lambda *a, **kw: calls.append("explicit"))
+    for name in kernels.names():
+        has_form = kernels.lookup(name).softmax_form is not None
+        for impl, expected in (
+            ("auto", "fast" if has_form else "explicit"),
+            ("explicit", "explicit"),
+            ("fast", "fast"),
+        ):
+            calls.clear()
+            attention.multi_head_attention(q, k, v, kernel=name, implementation=impl)
+            assert calls == [expected], (name, impl)
 
 
 @pytest.mark.parametrize("name", [USER_SOFTMAX, USER_GENERAL])
@@ -174,9 +203,10 @@ def test_user_kernel_by_name_in_pure_function(name, rng):
     args = [jnp.asarray(x, jnp.float32) for x in (q, k, v)]
     impls = ["auto", "explicit"] + (["fast"] if name == USER_SOFTMAX else [])
     for impl in impls:
-        got = attention.multi_head_attention(
-            *args, kernel=name, mask=mask, implementation=impl, shift=0.25
+        attend = functools.partial(
+            attention.multi_head_attention, kernel=name, implementation=impl, shift=0.25
         )
+        got = jax.jit(attend)(*args, mask=mask)
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -212,25 +242,28 @@ def test_module_by_name(name, rng):
         w = np_user_weights(name, q, k)
     heads_out = np_attend(w, v).reshape(batch, t, 4)
     expected = heads_out @ p["out"]["kernel"] + p["out"]["bias"]
-    got = module.apply(params, x)
+    got = jax.jit(module.apply)(params, x)
     assert got.shape == (batch, t, 6)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
-    weights = module.apply(params, x, method=MultiHeadAttention.attention_weights)
+    weights = jax.jit(functools.partial(module.apply, method=MultiHeadAttention.attention_weights))(
+        params, x
+    )
     np.testing.assert_allclose(weights, w, rtol=1e-5, atol=1e-6)
 
 
-def test_module_kernel_options_and_mask(rng):
+def test_module_kernel_options_and_mask(rng, key):
     x = jnp.asarray(rng.normal(size=(2, 6, 8)), jnp.float32)
     valid = jnp.asarray(rng.random(size=(2, 6)) < 0.7).at[:, 0].set(True)
     mask = kernels.padding_mask(valid)
     make = lambda **kw: MultiHeadAttention(num_heads=2, qk_features=8, kernel="gaussian", **kw)
-    params = make().init(jax.random.key(0), x)
-    default = make().apply(params, x, mask=mask)
-    explicit_default = make(kernel_options={"sigma2": math.sqrt(4)}).apply(params, x, mask=mask)
-    other = make(kernel_options={"sigma2": 0.3}).apply(params, x, mask=mask)
+    params = make().init(key, x)
+    apply = lambda module: jax.jit(module.apply)(params, x, mask=mask)
+    default = apply(make())
+    explicit_default = apply(make(kernel_options={"sigma2": math.sqrt(4)}))
+    other = apply(make(kernel_options={"sigma2": 0.3}))
     np.testing.assert_allclose(default, explicit_default, rtol=1e-6)
     assert not np.allclose(default, other, atol=1e-3)
-    slow = make(implementation="explicit").apply(params, x, mask=mask)
+    slow = apply(make(implementation="explicit"))
     np.testing.assert_allclose(default, slow, rtol=1e-5, atol=1e-6)
 
 

@@ -129,8 +129,11 @@ def mask_paths(mask) -> set[str]:
 
 
 @pytest.fixture
-def encoder_params(key):
-    return encoder().init(key, jnp.ones((2, 6), jnp.int32))
+def encoder_params(rng):
+    """Random parameters with the encoder's tree (masks depend on paths only; skipping init's
+    random-number kernels saves seconds of compilation)."""
+    shapes = jax.eval_shape(encoder().init, jax.random.key(0), jnp.ones((3, 6), jnp.int32))
+    return jax.tree_util.tree_map(lambda s: jnp.asarray(rng.normal(size=s.shape), s.dtype), shapes)
 
 
 def test_regex_specs(rng, key):

@@ -118,7 +118,7 @@ def max_rel_err(actual, expected) -> float:
 # Inputs
 
 
-def qk(rng, batch=(2,), tq=5, tk=6, heads=2, d=8, dtype=np.float32):
+def qk(rng, batch=(3,), tq=6, tk=6, heads=2, d=8, dtype=np.float32):
     """Random float32 queries and keys (never zeros) and their exact float64 values."""
     q = rng.normal(size=(*batch, tq, heads, d)).astype(dtype)
     k = rng.normal(size=(*batch, tk, heads, d)).astype(dtype)
@@ -171,11 +171,13 @@ def test_builtins_and_test_kernels_registered():
         assert kernels.lookup(name).softmax_form is None
 
 
+def test_every_builtin_has_a_reference():
+    assert set(BUILTIN) <= set(REFERENCES)
+
+
 @pytest.mark.parametrize("mask_kind", [None, "padding", "causal", "combined"])
-@pytest.mark.parametrize("name", all_names())
+@pytest.mark.parametrize("name", [n for n in all_names() if n in REFERENCES])
 def test_matches_float64_reference(name, mask_kind, rng):
-    if name not in REFERENCES:
-        pytest.skip(f"no NumPy reference for user kernel {name!r}")
     batch, tq, tk = (2, 3), 5, 7
     q, k = qk(rng, batch, tq, tk, d=8)
     mask = random_mask(rng, batch, tq, tk, mask_kind)
@@ -187,7 +189,7 @@ def test_matches_float64_reference(name, mask_kind, rng):
 
 @pytest.mark.parametrize("name", sorted(OPTIONS))
 def test_options_match_reference(name, rng):
-    q, k = qk(rng, (3,), 6, 6, d=16)
+    q, k = qk(rng)
     q64, k64 = q.astype(np.float64), k.astype(np.float64)
     fn = kernels.get(name)
     got = fn(jnp.asarray(q), jnp.asarray(k), None, **OPTIONS[name])
@@ -201,8 +203,8 @@ def test_options_match_reference(name, rng):
 @pytest.mark.parametrize("name", ["gaussian", "gaussian_unnormalized"])
 def test_sigma2_closed_form(name, rng):
     """exp(-||q_i - k_j||^2 / (2 sigma^2)), computed here from explicit differences."""
-    d = 16
-    q, k = qk(rng, (2,), 4, 5, d=d)
+    d = 8
+    q, k = qk(rng, d=d)
     diff = q.astype(np.float64)[:, :, None] - k.astype(np.float64)[:, None, :]  # [B,Tq,Tk,h,d]
     fn = kernels.get(name)
     for sigma2 in (0.5, 3.0, None):
@@ -218,7 +220,7 @@ def test_sigma2_closed_form(name, rng):
 
 def test_gaussian_is_softmax_with_key_norm_bias(rng):
     """The identity the stable implementation relies on, checked in float64 (not x64 JAX)."""
-    q, k = qk(rng, (2,), 5, 6, d=8)
+    q, k = qk(rng)
     q64, k64 = q.astype(np.float64), k.astype(np.float64)
     s2 = 2.5
     logits = (np_dot(q64, k64) - 0.5 * np.sum(k64**2, -1).swapaxes(-1, -2)[..., None, :]) / s2
@@ -228,7 +230,7 @@ def test_gaussian_is_softmax_with_key_norm_bias(rng):
 
 
 def test_float64_matches_reference_tightly(rng):
-    q, k = qk(rng, (2,), 5, 6, d=8, dtype=np.float64)
+    q, k = qk(rng, dtype=np.float64)
     with jax.enable_x64(True):
         for name in BUILTIN:
             got = kernels.get(name)(jnp.asarray(q), jnp.asarray(k))
@@ -293,7 +295,7 @@ def coincident(rng, shape, dtype):
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("name", all_names())
 def test_finite_values_and_gradients(name, dtype, case, mask_kind, rng):
-    batch, t, heads, d = (2,), 5, 2, 8
+    batch, t, heads, d = (3,), 6, 2, 8  # the shapes of qk(): compiled ops are shared
     q, k = case(rng, (*batch, t, heads, d), dtype)
     mask = random_mask(rng, batch, t, t, mask_kind)
     cotangent = jnp.asarray(rng.normal(size=(*batch, heads, t, t)), jnp.float32)
@@ -321,7 +323,7 @@ def test_finite_values_and_gradients(name, dtype, case, mask_kind, rng):
 def test_gaussian_far_apart_is_accurate_where_naive_exp_underflows(rng):
     """Row-normalised Gaussian stays a proper distribution when every exp(-||q-k||^2/2s2)
     underflows to zero in float32 (||q - k||^2 ~ 1e4): the softmax form never takes that exp."""
-    q, k = far_apart(rng, (2, 5, 2, 8), jnp.float32)
+    q, k = far_apart(rng, (3, 6, 2, 8), jnp.float32)
     q64, k64 = np.asarray(q, np.float64), np.asarray(k, np.float64)
     assert np.all(np.exp(-np_sq_dist(q64, k64) / (2 * math.sqrt(8))).astype(np.float32) == 0)
     logits = (np_dot(q64, k64) - 0.5 * np.sum(k64**2, -1).swapaxes(-1, -2)[..., None, :]) / (
