@@ -174,14 +174,47 @@ class _RK4Interpolation(AbstractLocalInterpolation):
 class RK4(diffrax.AbstractERK):
     """The classic fourth-order Runge--Kutta method (diffrax ships none), with its third-order
     continuous extension for dense / ``SaveAt(ts=...)`` output. Use it with constant steps.
-    :func:`rk4` gives the variant that takes ``substeps`` RK4 steps per diffrax step."""
+    :func:`rk4` gives the variant that takes ``substeps`` RK4 steps per diffrax step.
+
+    ``unroll=True`` (default) evaluates the tableau's stages in straight-line code instead of
+    diffrax's generic stage loop (a checkpointed while loop): the same arithmetic (up to
+    floating-point summation order), about 30% faster forward + backward for FLOATER-sized
+    vector fields on CPU, at some compile time. ``unroll=False`` uses diffrax's loop."""
 
     tableau: ClassVar[diffrax.ButcherTableau] = rk4_tableau(1)
     interpolation_cls: ClassVar[Callable[..., _RK4Interpolation]] = _RK4Interpolation
+    unroll: bool = True
 
     def order(self, terms):
         del terms
         return 4
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        if not self.unroll:
+            return super().step(terms, t0, t1, y0, args, solver_state, made_jump)
+        tableau = self.tableau
+        c = np.concatenate([[0.0], tableau.c])
+        h = t1 - t0
+        control = terms.contr(t0, t1)
+        ks = []  # k_i = h f(t0 + c_i h, y0 + sum_j a_ij k_j), diffrax's convention
+        for i in range(len(c)):
+            z = y0
+            if i:
+                for a_ij, k_j in zip(tableau.a_lower[i - 1], ks, strict=True):
+                    if a_ij != 0:
+                        z = jtu.tree_map(lambda z_, k_, a=a_ij: z_ + a * k_, z, k_j)
+            ks.append(terms.vf_prod(t0 + c[i] * h, z, args, control))
+        k = jtu.tree_map(lambda *stages: jnp.stack(stages), *ks)
+
+        def combine(weights):
+            return jtu.tree_map(
+                lambda y, k_: y + jnp.tensordot(jnp.asarray(weights, k_.dtype), k_, axes=1), y0, k
+            )
+
+        y1 = combine(tableau.b_sol)
+        y_error = jtu.tree_map(jnp.subtract, combine(tableau.b_error), y0)
+        dense_info = {"y0": y0, "y1": y1, "k": k}
+        return y1, y_error, dense_info, solver_state, diffrax.RESULTS.successful
 
 
 eqxi.doc_remove_args("scan_kind")(RK4.__init__)
@@ -203,7 +236,7 @@ def _rk4_class(substeps_: int) -> type[RK4]:
     return RK4Substeps
 
 
-def rk4(substeps: int = 1) -> RK4:
+def rk4(substeps: int = 1, *, unroll: bool = True) -> RK4:
     """Classic RK4 taking ``substeps`` RK4 steps of size ``h / substeps`` per diffrax step ``h``.
 
     :func:`solve` steps once per position (``h = dt``) with ``substeps = rk4_substeps``: the same
@@ -212,7 +245,7 @@ def rk4(substeps: int = 1) -> RK4:
     above all its checkpointed backward pass, dominate the cost of a small vector field)."""
     if substeps < 1:
         raise ValueError(f"rk4_substeps must be >= 1, got {substeps}")
-    return _rk4_class(int(substeps))()
+    return _rk4_class(int(substeps))(unroll=unroll)
 
 
 # ----------------------------------------------------------------------------- vector fields
