@@ -8,7 +8,8 @@ call, saving every grid point (``SaveAt(ts=...)``).
 
 Pieces, from pure to Flax:
 
-* vector fields are pure functions ``apply(t, p, theta) -> dp/dt`` on ``p [..., d]`` with their
+* vector fields are pure functions ``apply(t, p, theta) -> dp/dt`` on rows ``p [N, d]`` (all
+  initial values stacked: one matmul for every layer and q/k/v) with their
   parameters ``theta`` passed through diffrax's ``args`` (never closed over), kept in a registry
   (:func:`register_vector_field`, :func:`vector_field_names`): ``'mlp'`` (the reference:
   ``Linear(d+1 -> hidden)`` on ``[p, t]``, ReLU, ``Linear(hidden+1 -> d)`` on ``[., t]``,
@@ -17,8 +18,12 @@ Pieces, from pure to Flax:
   ``p(0) = [0, 1, 0, 1, ...]`` is :func:`attn_dynamics.position.sinusoidal_table`) and
   ``'zero'`` (``h = 0``: constant positions);
 * :func:`solve` integrates a field from ``p(0)`` over ``t_i = i * dt``, ``i < length``, and returns
-  ``[length, *p0.shape]``: fixed-step classic RK4 (:class:`RK4`, step ``dt / rk4_substeps``) or
-  adaptive Tsit5 / Dopri5 with a PID controller; ``RecursiveCheckpointAdjoint`` (default) or
+  ``[length, *p0.shape]``: fixed-step classic RK4 (:class:`RK4`, built on diffrax's
+  ``AbstractERK`` with its Butcher tableau; steps ``dt / rk4_substeps``, ``rk4_substeps`` of
+  them per diffrax step from one position to the next, see :func:`rk4`) or adaptive Tsit5 /
+  Dopri5 with a PID controller; ``RecursiveCheckpointAdjoint`` (default: the exact gradient of
+  the discrete solve; with RK4 every step is checkpointed while that fits in 256 MiB, so the
+  backward pass recomputes each step once instead of O(log n) times) or
   ``BacksolveAdjoint``; ``max_steps`` bounds time and memory and exceeding it is an error that
   names ``config.model.floater.max_steps``;
 * :class:`Floater` is the Flax module behind ``position.make('floater', ...)``: it holds
