@@ -9,9 +9,9 @@
    ``models.EncoderClassifier`` at the LRA text size (batch 32, length 1000, 2 layers, embed
    64, MLP 128, 2 heads), sinusoidal vs FLOATER (q/k/v bias, RK4 dt/5; and Tsit5), re-solving
    at every step (no ``update_every`` caching); a fourth row passes positions solved once
-   (the q/k/v-bias injection alone, i.e. a step between re-solves with ``update_every > 1``). At length 1000 the RK4 solve takes
-   999 * 5 = 4995 RK4 steps, so ``max_steps`` is raised above the default 4096. Target: the
-   FLOATER step within 15% of the sinusoidal one on CPU.
+   (the q/k/v-bias injection alone, i.e. a step between re-solves with ``update_every > 1``).
+   At length 1000 the RK4 solve takes 999 * 5 = 4995 RK4 steps, so ``max_steps`` is raised
+   above the default 4096. Target: the FLOATER step within 15% of the sinusoidal one on CPU.
 
 Every measurement compiles and warms up first, then times ``--repeats`` calls; the variants of
 part 2 are timed interleaved (round robin), so load from other processes hits them alike. Wall
