@@ -506,12 +506,94 @@ def q_only(root: pathlib.Path) -> str:
         "seed at a sub-optimal stationary point has a small gradient and a monotone loss).\n\n"
     )
     text += markdown([stall_row(c) for c in cells])
+    text += (
+        "\n## Sharpness vs the step size\n\nTop Hessian eigenvalue of the loss w.r.t. W_Q "
+        "(power iteration on Hessian-vector products) at the final parameters and at the "
+        "teacher's W_Q (a zero-loss minimum); GD with step lr cannot settle in a minimum whose "
+        "sharpness exceeds 2 / lr. Medians, or every value when there are at most 6.\n\n"
+    )
+    runs = load_cells(root)
+    text += markdown([sharpness_row(c, runs) for c in cells])
     text += "\n## Initialisation vs convergence\n\n" + markdown([init_row(c) for c in cells])
     text += (
         "\n![init vs convergence](init_vs_convergence.png)\n"
         "![final loss](final_loss_distribution.png)\n![loss curves](loss_curves.png)\n"
     )
     return _write(root, "q_only", text)
+
+
+def teacher_query(data_config):
+    """The teacher's W_Q of ``student_teacher_regression`` data (a zero-loss point for the
+    student trained on it)."""
+    import jax
+
+    seed = int(tuple(data_config.student_seeds)[0])
+    dim = int(data_config.dim)
+    key = jax.random.fold_in(jax.random.key(seed), TEACHER_Q_STREAM)
+    scale = float(data_config.teacher_q_scale)
+    return scale * jax.random.normal(key, (dim, dim)) / math.sqrt(dim)
+
+
+def run_sharpness(run_dir: pathlib.Path, *, num_iters: int = 300) -> dict:
+    """Top Hessian eigenvalue of the training loss w.r.t. the *trained* parameters, per seed:
+    at the end of the run (``final``) and, for Q-only student-teacher runs, at the teacher's
+    W_Q (``teacher``, a global minimum). Power iteration; cached in ``run_dir/sharpness.json``."""
+    cache = run_dir / "sharpness.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    import jax
+    import ml_collections
+
+    from attn_dynamics import diagnostics, freezing
+    from experiments import landscape
+
+    config = ml_collections.ConfigDict(json.loads((run_dir / "config.json").read_text()))
+    teacher = config.data.name == "student_teacher_regression"
+    if teacher:
+        register_student_teacher()
+    _, loss, init, mask = landscape.problem(config)
+
+    def sharpness(params, i):
+        trainable, frozen = freezing.split(params, mask)
+        lam, _, _ = diagnostics.top_hessian_eigenvalue(
+            lambda t: loss(freezing.merge(t, frozen)),
+            trainable,
+            jax.random.key(i),
+            num_iters=num_iters,
+            tol=1e-5,
+        )
+        return float(lam)
+
+    out: dict = {"final": []}
+    for i in range(len(config.seeds)):
+        out["final"].append(sharpness(landscape.load_params(run_dir, i)[0], i))
+    if teacher:
+        params = jax.tree.map(lambda a: a[0], init)
+        params["attention"]["query"]["kernel"] = teacher_query(config.data)
+        out["teacher"] = [sharpness(params, 0)]
+        out["teacher_loss"] = [float(loss(params))]
+    cache.write_text(json.dumps(out) + "\n")
+    return out
+
+
+def sharpness_row(c: Cell, runs: list[Cell]) -> dict:
+    """Sharpness at the end and at the teacher's minimum vs the GD stability limit 2 / lr."""
+    members = [r for r in runs if all(str(r.fields.get(k)) == str(v) for k, v in c.fields.items())]
+    values = [run_sharpness(r.path) for r in members]
+    conv = np.concatenate([r.converged for r in members])
+    lr = float(config_value(c.config, "train.learning_rate"))
+    row = {"cell": c.name, "2 / lr": fmt(2.0 / lr, 3)}
+    for key, what in (("final", "at the end"), ("teacher", "at the teacher's W_Q")):
+        if not all(key in v for v in values):
+            continue
+        lam = np.concatenate([np.asarray(v[key], float) for v in values])
+        for label, mask in (("reached", conv), ("not reached", ~conv)):
+            value = fmt(float(np.median(lam[mask]))) if mask.any() else "–"
+            if mask.any() and mask.sum() <= 6:  # few seeds: list them all
+                value = ", ".join(fmt(float(x)) for x in np.sort(lam[mask]))
+            row[f"sharpness {what} ({label})"] = value
+        row[f"seeds with sharpness {what} > 2 / lr"] = f"{int(np.sum(lam > 2.0 / lr))}/{len(lam)}"
+    return row
 
 
 def plot_curves_pooled(root: pathlib.Path, pooled: list[Cell], path: pathlib.Path) -> None:
@@ -527,19 +609,26 @@ def plot_curves_pooled(root: pathlib.Path, pooled: list[Cell], path: pathlib.Pat
         curves = [(s, v) for s, v in curves if len(s)]
         if not curves:
             continue
-        length = min(len(s) for s, _ in curves)
-        steps = curves[0][0][:length]
-        losses = np.concatenate([v[:length] / v[:1] for _, v in curves], axis=1)
+        # Runs stop once they reach eps (stop_at_threshold): hold each at its last value.
+        steps = max((s for s, _ in curves), key=len)
+        losses = np.full((len(steps), sum(v.shape[1] for _, v in curves)), np.nan)
+        col = 0
+        for _, v in curves:
+            rel = v / v[:1]
+            losses[: len(rel), col : col + rel.shape[1]] = rel
+            losses[len(rel) :, col : col + rel.shape[1]] = rel[-1]
+            col += rel.shape[1]
         lo, mid, hi = np.nanpercentile(losses, [0, 50, 100], axis=1)
         color = COLORS[i % len(COLORS)]
-        ax.plot(steps, mid, color=color, lw=1.4, label=c.name)
-        ax.fill_between(steps, lo, hi, color=color, alpha=0.15, lw=0)
+        ax.plot(steps + 1, mid, color=color, lw=1.4, label=c.name)
+        ax.fill_between(steps + 1, lo, hi, color=color, alpha=0.15, lw=0)
+    ax.set_xscale("log")
     thr = pooled[0].threshold
     if math.isfinite(thr) and thr > 0:
         ax.axhline(thr, color="gray", lw=0.8, ls="--")
     ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("final/initial training loss (median, min-max)")
+    ax.set_xlabel("step + 1 (runs that reached eps are held at their stopping value)")
+    ax.set_ylabel("loss / initial loss (median, min-max over seeds)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -769,9 +858,7 @@ def student_teacher_data(config):
     )
     key = jax.random.fold_in(jax.random.key(seeds[0]), train.INIT_STREAM)
     params = teacher.init(key, x[:1])["params"]  # == the student's init (same shapes, same key)
-    q_key = jax.random.fold_in(jax.random.key(seeds[0]), TEACHER_Q_STREAM)
-    wq = float(config.teacher_q_scale) * jax.random.normal(q_key, (dim, dim)) / math.sqrt(dim)
-    params = {"attention": dict(params["attention"], query={"kernel": wq})}
+    params = {"attention": dict(params["attention"], query={"kernel": teacher_query(config)})}
     y = np.asarray(jax.jit(teacher.apply)({"params": params}, x), np.float32)
     return x, y
 
@@ -830,12 +917,16 @@ def register_student_teacher() -> None:
 # Cached generated data: a procedurally generated example is drawn once per (split, index)
 
 
-class _MemoizedExamples:
-    """Wraps a dataset's ``_examples(split, indices)``: each example is produced once."""
+_EXAMPLE_CACHES: dict[str, dict] = {}  # per data config (JSON): shared by the cells of a sweep
 
-    def __init__(self, fn):
+
+class _MemoizedExamples:
+    """Wraps a dataset's ``_examples(split, indices)``: each example is produced once per
+    process and data config (every cell of a sweep with the same data reuses them)."""
+
+    def __init__(self, fn, key: str = ""):
         self.fn = fn
-        self.cache: dict = {}
+        self.cache: dict = _EXAMPLE_CACHES.setdefault(key, {}) if key else {}
 
     def __call__(self, split, indices):
         indices = [int(i) for i in np.asarray(indices)]
@@ -870,7 +961,7 @@ def register_cached(base_name: str) -> str:
         inner = ml_collections.ConfigDict(config.to_dict())
         inner.name = base_name
         ds = data.get_dataset(inner, mesh=mesh)
-        ds._examples = _MemoizedExamples(ds._examples)
+        ds._examples = _MemoizedExamples(ds._examples, inner.to_json(sort_keys=True))
         return ds
 
     data.register(name, default_config, factory)

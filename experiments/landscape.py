@@ -30,11 +30,6 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "configs/landscape.py[:args]", lock_config=True
-)
-_WORKDIR = flags.DEFINE_string("workdir", "runs/landscape", "Output directory.")
-
 
 def load_params(workdir: pathlib.Path, seed_index: int):
     """The final parameters of one seed from a run's orbax checkpoints (no template needed)."""
@@ -248,11 +243,17 @@ def run(config, root: pathlib.Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
+    # Flags are defined here, not at import: the module is also a library (tests, analyses)
+    # used in processes where experiments.run has already defined --config.
+    config_flag = config_flags.DEFINE_config_file(
+        "config", None, "configs/landscape.py[:args]", lock_config=True
+    )
+    workdir_flag = flags.DEFINE_string("workdir", "runs/landscape", "Output directory.")
     flags.FLAGS(argv)
-    if _CONFIG.value is None:
+    if config_flag.value is None:
         print("error: --config is required, e.g. --config=configs/landscape.py", file=sys.stderr)
         return 2
-    print(run(_CONFIG.value, pathlib.Path(_WORKDIR.value)))
+    print(run(config_flag.value, pathlib.Path(workdir_flag.value)))
     return 0
 
 

@@ -211,6 +211,7 @@ def test_student_teacher_targets_are_reached_by_the_teachers_w_q(kernel, rng):
     params = jax.tree.map(lambda a: a[0], train.init_params(model, (seed,), (x,)))
     q_key = jax.random.fold_in(jax.random.key(seed), ablations.TEACHER_Q_STREAM)
     wq = config.data.teacher_q_scale * jax.random.normal(q_key, (8, 8)) / np.sqrt(8)
+    np.testing.assert_allclose(ablations.teacher_query(config.data), wq)
     student_at_init = model.apply({"params": params}, x)
     assert float(jnp.max(jnp.abs(student_at_init - y))) > 1e-2  # not trivially solved
     params["attention"]["query"]["kernel"] = wq
@@ -223,7 +224,7 @@ def test_overparam_smoke_and_analysis(smoke_runs):
     assert (root / "overparam.png").stat().st_size > 0
     assert "d/(nN)" in text and "| 0.5 |" in text and "| 2 |" in text
     lrs = [c.config["train"]["learning_rate"] for c in ablations.load_cells(root)]
-    np.testing.assert_allclose(lrs, [3.2 / 8, 3.2 / 32])  # lr = 3.2 / d follows the grid
+    np.testing.assert_allclose(lrs, [3.2 / 16, 3.2 / 40])  # lr = 3.2 / (d + 8) follows d
 
 
 def test_pathfinder_kernels_smoke_and_analysis(smoke_runs):
