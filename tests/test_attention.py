@@ -224,7 +224,7 @@ def test_module_by_name(name, rng):
         kernel=name,
         kernel_options=options,
     )
-    params = module.init(jax.random.key(int(rng.integers(2**31))), x)
+    params = jax.jit(module.init)(jax.random.key(int(rng.integers(2**31))), x)
     p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params["params"])
     assert set(p) == {"query", "key", "value", "out"}
     x64 = np.asarray(x, np.float64)
@@ -256,7 +256,7 @@ def test_module_kernel_options_and_mask(rng, key):
     valid = jnp.asarray(rng.random(size=(2, 6)) < 0.7).at[:, 0].set(True)
     mask = kernels.padding_mask(valid)
     make = lambda **kw: MultiHeadAttention(num_heads=2, qk_features=8, kernel="gaussian", **kw)
-    params = make().init(key, x)
+    params = jax.jit(make().init)(key, x)
     apply = lambda module: jax.jit(module.apply)(params, x, mask=mask)
     default = apply(make())
     explicit_default = apply(make(kernel_options={"sigma2": math.sqrt(4)}))
