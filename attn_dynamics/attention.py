@@ -56,19 +56,45 @@ def fused_attention(
     # (zeros add nothing to q.k, and padded value columns are sliced off).
     q, k, v = _pad_last(q, dv), _pad_last(k, dv), _pad_last(v, d)
     flat = lambda x: x.reshape((-1, *x.shape[-3:]))  # the fused op takes exactly one batch axis
-    out = jax.nn.dot_product_attention(
-        flat(q),
-        flat(k),
-        flat(v),
-        mask=None if mask is None else _flat_heads(mask, batch_shape),
-        scale=scale,
-    )
+    q, k, v = flat(q), flat(k), flat(v)
+    mask4 = None if mask is None else _flat_heads(mask, batch_shape)
+    out = _cudnn_attention(q, k, v, mask4, scale)
+    if out is None:
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask4, scale=scale, implementation="xla")
     out = out.reshape((*batch_shape, *out.shape[-3:]))[..., :dv]
     if mask is not None:
         # The fused op gives a fully masked row the mean of v; the kernel contract says zeros.
         has_key = jnp.swapaxes(jnp.any(mask, axis=-1), -1, -2)[..., None]  # [..., Tq, h, 1]
         out = jnp.where(has_key, out, 0.0)
     return out
+
+
+def _cudnn_attention(q: Array, k: Array, v: Array, mask, scale: float) -> Array | None:
+    """cuDNN flash attention where it can run (GPU, 16-bit inputs), else None.
+
+    ``jax.nn.dot_product_attention`` never picks cuDNN by itself; cuDNN wants fp16/bf16 and
+    head sizes that are multiples of 8 (zero padding is exact, as above).
+    """
+    if jax.default_backend() != "gpu" or q.dtype not in (jnp.bfloat16, jnp.float16):
+        return None
+    head = -(-q.shape[-1] // 8) * 8
+    try:
+        return jax.nn.dot_product_attention(
+            _pad_last(q, head),
+            _pad_last(k, head),
+            _pad_last(v, head),
+            mask=mask,
+            scale=scale,
+            implementation="cudnn",
+        )[..., : v.shape[-1]]
+    except (ValueError, NotImplementedError, RuntimeError):  # unsupported shape or cuDNN
+        return None
+
+
+def fast_path_by_default() -> bool:
+    """``auto`` takes the fused path on accelerators only: on CPU XLA's fused op measured
+    slower than the explicit einsums (benchmarks/RESULTS.md, "attention (cpu)")."""
+    return jax.default_backend() != "cpu"
 
 
 def _pad_last(x: Array, size: int) -> Array:
@@ -100,10 +126,15 @@ def multi_head_attention(
     implementation: Implementation = "auto",
     **options,
 ) -> Array:
-    """Attention output ``[..., Tq, heads, dv]``; ``auto`` takes the fused path when it exists."""
+    """Attention output ``[..., Tq, heads, dv]``.
+
+    ``auto`` takes the fused path for softmax-form kernels on GPU/TPU, the explicit one on CPU.
+    """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"unknown implementation {implementation!r}; valid: {IMPLEMENTATIONS}")
-    fast = implementation == "fast" or (implementation == "auto" and _has_fast_path(kernel))
+    fast = implementation == "fast" or (
+        implementation == "auto" and _has_fast_path(kernel) and fast_path_by_default()
+    )
     attend = fused_attention if fast else explicit_attention
     return attend(q, k, v, kernel=kernel, mask=mask, **options)
 

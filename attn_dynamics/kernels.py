@@ -9,7 +9,7 @@ Two kinds of kernel are registered:
 
 * *softmax kernels* are ``softmax_j(scale * q_i . k_j + bias_j)`` with a per-key bias. They are
   defined by a :class:`SoftmaxForm` and get the fast path in :mod:`attn_dynamics.attention`
-  (``jax.nn.dot_product_attention``, cuDNN flash attention on GPU).
+  (``jax.nn.dot_product_attention``; cuDNN flash attention on GPU for 16-bit inputs).
 * *general kernels* return their weight matrix directly and always use the explicit path.
 
 Register your own with :func:`register` (general) or :func:`register_softmax` (softmax form);

@@ -185,7 +185,7 @@ def test_implementation_choice_and_errors(rng, monkeypatch):
     for name in kernels.names():
         has_form = kernels.lookup(name).softmax_form is not None
         for impl, expected in (
-            ("auto", "fast" if has_form else "explicit"),
+            ("auto", "fast" if has_form and attention.fast_path_by_default() else "explicit"),
             ("explicit", "explicit"),
             ("fast", "fast"),
         ):
