@@ -214,7 +214,9 @@ def step_benchmark(repeats: int, batch=32, length=1000) -> tuple[str, dict]:
         )
         stats[name]["solve_forward_backward"] = both
         print(f"solve at step size, {name}: {both}", flush=True)
-    verdict = stats["floater rk4 dt/5"]["overhead_min"]
+    verdict = max(
+        stats["floater rk4 dt/5"]["overhead_min"], stats["floater rk4 dt/5"]["overhead_cpu"]
+    )
     body = "\n".join(
         [
             f"Full training step (jit of value_and_grad + Adam update), EncoderClassifier at the "
@@ -230,7 +232,9 @@ def step_benchmark(repeats: int, batch=32, length=1000) -> tuple[str, dict]:
             "The solve alone at this size (forward + backward): " + "; ".join(solve_rows) + ".",
             "",
             f"Target: RK4 step overhead <= {100 * TARGET:.0f}% on CPU: "
-            f"{'met' if verdict <= TARGET else 'NOT met'} ({100 * verdict:+.1f}% by min wall).",
+            f"{'met' if verdict <= TARGET else 'NOT met'} (worse of min wall and CPU time: "
+            f"{100 * verdict:+.1f}%). On a loaded machine the wall figures scatter; the CPU "
+            "figures count the threads that idle or spin while the solve's sequential loop runs.",
         ]
     )
     return body, stats
