@@ -98,6 +98,9 @@ MAX_STEPS_OPTION = "config.model.floater.max_steps"
 # Memory allowed for the forward-pass checkpoints of a fixed-step solve: up to this, every step
 # is a checkpoint (backward = one pass, no recomputation); beyond, fewer (binomial recomputation).
 CHECKPOINT_BYTES = 256 * 2**20
+# RK4 stages per diffrax step up to which :func:`solve` unrolls them (faster steps, longer
+# compiles: about 2x at 20 stages); beyond, diffrax's stage loop.
+UNROLL_MAX_STAGES = 20
 
 
 # ----------------------------------------------------------------------------- classic RK4
@@ -460,7 +463,7 @@ def solve(
             )
         # One diffrax step per position (rk4_substeps RK4 steps inside it): the step ends are
         # exactly the save points, so the saved values are RK4 steps, not interpolations.
-        diffrax_solver = rk4(rk4_substeps)
+        diffrax_solver = rk4(rk4_substeps, unroll=4 * rk4_substeps <= UNROLL_MAX_STAGES)
         controller = diffrax.StepTo(ts=ts)
         dt0 = None
         diffrax_max_steps = length - 1
