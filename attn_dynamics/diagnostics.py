@@ -134,23 +134,48 @@ def hvp(loss_fn, params, vector):
     return jax.jvp(jax.grad(loss_fn), (params,), (vector,))[1]
 
 
-def top_hessian_eigenvalue(loss_fn, params, key: Array, *, num_iters: int = 100, tol: float = 1e-6):
-    """Sharpness: the Hessian eigenvalue of largest magnitude, by power iteration on HVPs.
+def top_hessian_eigenvalue(
+    loss_fn,
+    params,
+    key: Array,
+    *,
+    num_iters: int = 100,
+    tol: float = 1e-6,
+    largest: str = "magnitude",
+):
+    """Sharpness: the top Hessian eigenvalue, by power iteration on Hessian-vector products.
+
+    ``largest='magnitude'``: the eigenvalue of largest magnitude (signed);
+    ``largest='algebraic'``: the largest eigenvalue (if the one of largest magnitude is
+    negative, a second power iteration on ``H - lambda_1 I``, whose spectrum is >= 0, finds it).
 
     Returns ``(eigenvalue, eigenvector, iterations)``; the eigenvector is a pytree like
-    ``params`` with unit norm. Stops when the Rayleigh quotient changes by less than
-    ``tol * |eigenvalue|`` between iterations. Near a minimum the Hessian is (nearly) positive
-    semi-definite and this is the top eigenvalue, the "sharpness" that bounds stable GD step
-    sizes (lr < 2 / sharpness). The Hessian is never formed: memory is that of one gradient.
+    ``params`` with unit norm. Each power iteration stops when the Rayleigh quotient changes by
+    less than ``tol * |eigenvalue|`` between iterations, or after ``num_iters``. Near a minimum
+    the Hessian is (nearly) positive semi-definite and both choices agree: the "sharpness" that
+    bounds stable GD step sizes (lr < 2 / sharpness). The Hessian is never formed: memory is
+    that of one gradient.
     """
     from jax.flatten_util import ravel_pytree
 
+    if largest not in ("magnitude", "algebraic"):
+        raise ValueError(f"largest must be 'magnitude' or 'algebraic', got {largest!r}")
     flat, unravel = ravel_pytree(params)
     flat_loss = lambda x: loss_fn(unravel(x))
-    matvec = lambda v: jax.jvp(jax.grad(flat_loss), (flat,), (v,))[1]
+    hvp_flat = lambda v: jax.jvp(jax.grad(flat_loss), (flat,), (v,))[1]
     v0 = jax.random.normal(key, flat.shape, flat.dtype)
     v0 = v0 / jnp.linalg.norm(v0)
+    lam, v, iters = _power_iteration(hvp_flat, v0, num_iters, tol)
+    if largest == "algebraic":
+        shift = jnp.minimum(lam, 0.0)  # no shift when the dominant eigenvalue is positive
+        mu, v2, more = _power_iteration(lambda u: hvp_flat(u) - shift * u, v0, num_iters, tol)
+        lam = jnp.where(shift < 0, mu + shift, lam)
+        v = jnp.where(shift < 0, v2, v)
+        iters = iters + jnp.where(shift < 0, more, 0)
+    return lam, unravel(v), iters
 
+
+def _power_iteration(matvec, v0: Array, num_iters: int, tol: float):
     def cond(state):
         i, _, lam, prev = state
         return (i < num_iters) & (jnp.abs(lam - prev) > tol * jnp.abs(lam))
@@ -163,12 +188,11 @@ def top_hessian_eigenvalue(loss_fn, params, key: Array, *, num_iters: int = 100,
         v = jnp.where(norm > 0, hv / jnp.where(norm > 0, norm, 1.0), v)
         return i + 1, v, new_lam, lam
 
-    inf = jnp.asarray(jnp.inf, flat.dtype)
-    i, v, lam, _ = jax.jit(lambda s: jax.lax.while_loop(cond, body, s))(
-        (jnp.asarray(0), v0, jnp.asarray(0.0, flat.dtype), inf)
+    inf = jnp.asarray(jnp.inf, v0.dtype)
+    i, v, _, _ = jax.jit(lambda s: jax.lax.while_loop(cond, body, s))(
+        (jnp.asarray(0), v0, jnp.asarray(0.0, v0.dtype), inf)
     )
-    lam = jnp.vdot(v, matvec(v))  # Rayleigh quotient of the final vector
-    return lam, unravel(v), i
+    return jnp.vdot(v, matvec(v)), v, i  # the Rayleigh quotient of the final vector
 
 
 def dense_hessian(loss_fn, params) -> Array:

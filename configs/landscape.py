@@ -15,22 +15,36 @@ Args (comma separated):
   heads), Adam 1e-3, 1500 steps: a version a 2-core CPU trains in minutes; LRA's 32x32 /
   length-14 task is out of reach there.
 * ``theory``: the single-layer theory model of ``qkv_trained.py`` (all of Q, K, V trained).
+* ``q_only``: the Q-only setting of ``ablation_q_only.py`` (seed 0, lr 0.02, realisable
+  targets), kernels softmax, Gaussian and un-normalised Gaussian (sigma^2 = d = 64).
 * ``smoke``: seconds (a few steps, a 5x5 grid, a few power iterations).
 """
 
 import ml_collections
 
-from configs import pathfinder, qkv_trained
+from configs import ablation_q_only, pathfinder, qkv_trained
 from experiments import ablations, defaults
 
 
 def get_config(arg=None):
     args = set((arg or "").split(",")) - {""}
-    unknown = args - {"smoke", "theory"}
+    unknown = args - {"smoke", "theory", "q_only"}
     if unknown:
-        raise ValueError(f"landscape: unknown args {sorted(unknown)}; valid: smoke, theory")
+        raise ValueError(f"landscape: unknown args {sorted(unknown)}; valid: q_only, smoke, theory")
     c = ml_collections.ConfigDict()
-    if "theory" in args:
+    c.kernels = ("softmax", "gaussian")
+    c.sigma2 = ml_collections.ConfigDict()  # kernel name -> its Gaussian bandwidth, if not default
+    if "q_only" in args:
+        run = ablation_q_only.get_config()
+        run.train.learning_rate = 0.02
+        run.train.stop_at_threshold = False
+        run.train.num_steps = 3000
+        run.train.checkpoint_every = 3000
+        c.loss_batches = 1
+        c.chunk = 64
+        c.kernels = ("softmax", "gaussian", "gaussian_unnormalized")
+        c.sigma2.gaussian_unnormalized = 64.0
+    elif "theory" in args:
         run = qkv_trained.get_config()
         run.train.num_steps = 1000
         run.train.checkpoint_every = 1000
@@ -54,17 +68,16 @@ def get_config(arg=None):
     run.seeds = (0,)
     run.train.progress_bar = False
     c.run = run
-    c.kernels = ("softmax", "gaussian")
     c.seed_index = 0  # which seed of run.seeds the landscape is drawn around
     c.direction_seed = 0
     c.grid_points = 21
     c.grid_range = 1.0
-    c.hessian_iters = 100
-    c.hessian_tol = 1e-3
+    c.hessian_iters = 500
+    c.hessian_tol = 1e-5
     if "smoke" in args:
         defaults.smoke(c.run)
         c.run.train.checkpoint_every = 1_000
-        if "theory" not in args:
+        if not args & {"theory", "q_only"}:
             c.run.data.train_size = 16
             c.run.data.eval_size = 8
             c.run.data.batch_size = 4

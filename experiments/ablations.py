@@ -63,6 +63,7 @@ class Cell:
     init: dict  # quantity -> per-seed values at step 0
     final_grad_norm: np.ndarray  # at the last logged step
     loss_increases: np.ndarray  # fraction of logged intervals over which the loss went up
+    group: str = ""  # the sweep it belongs to, relative to the analysed root ("" top level)
 
     @property
     def threshold(self) -> float:
@@ -147,7 +148,9 @@ def load_cells(root: pathlib.Path) -> list[Cell]:
             name = entry.pop("name")
             if (base / name / "summary.json").exists():
                 label = str((base / name).relative_to(root))
-                cells.append(load_cell(base / name, label, entry))
+                cell = load_cell(base / name, label, entry)
+                cell.group = str(base.relative_to(root)) if base != root else ""
+                cells.append(cell)
     if not sweeps:
         for summary in sorted(root.rglob("summary.json")):
             cells.append(load_cell(summary.parent, str(summary.parent.relative_to(root))))
@@ -167,10 +170,10 @@ def merge_seeds(cells: list[Cell], drop: tuple[str, ...]) -> list[Cell]:
     """Pool cells that differ only in the fields ``drop`` (e.g. one run per seed) into one."""
     groups: dict[tuple, list[Cell]] = {}
     for c in cells:
-        key = tuple((k, str(v)) for k, v in c.fields.items() if k not in drop)
+        key = (c.group, *((k, str(v)) for k, v in c.fields.items() if k not in drop))
         groups.setdefault(key, []).append(c)
     merged = []
-    for key, members in groups.items():
+    for (group, *key), members in groups.items():
 
         def cat(attr, members=members):
             return np.concatenate([getattr(m, attr) for m in members])
@@ -178,7 +181,8 @@ def merge_seeds(cells: list[Cell], drop: tuple[str, ...]) -> list[Cell]:
         first = members[0]
         merged.append(
             Cell(
-                name=",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in key) or "all",
+                name=(f"{group}/" if group else "")
+                + (",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in key) or "all"),
                 path=first.path.parent,
                 fields={k: first.fields[k] for k, _ in key},
                 config=first.config,
@@ -193,6 +197,7 @@ def merge_seeds(cells: list[Cell], drop: tuple[str, ...]) -> list[Cell]:
                 init={q: np.concatenate([m.init[q] for m in members]) for q in INIT_QUANTITIES},
                 final_grad_norm=cat("final_grad_norm"),
                 loss_increases=cat("loss_increases"),
+                group=group,
             )
         )
     return merged
@@ -561,6 +566,7 @@ def run_sharpness(run_dir: pathlib.Path, *, num_iters: int = 300) -> dict:
             jax.random.key(i),
             num_iters=num_iters,
             tol=1e-5,
+            largest="algebraic",
         )
         return float(lam)
 
@@ -576,9 +582,19 @@ def run_sharpness(run_dir: pathlib.Path, *, num_iters: int = 300) -> dict:
     return out
 
 
+def _members(pooled: Cell, runs: list[Cell]) -> list[Cell]:
+    """The one-seed runs a pooled cell was made of."""
+    return [
+        r
+        for r in runs
+        if r.group == pooled.group
+        and all(str(r.fields.get(k)) == str(v) for k, v in pooled.fields.items())
+    ]
+
+
 def sharpness_row(c: Cell, runs: list[Cell]) -> dict:
     """Sharpness at the end and at the teacher's minimum vs the GD stability limit 2 / lr."""
-    members = [r for r in runs if all(str(r.fields.get(k)) == str(v) for k, v in c.fields.items())]
+    members = _members(c, runs)
     values = [run_sharpness(r.path) for r in members]
     conv = np.concatenate([r.converged for r in members])
     lr = float(config_value(c.config, "train.learning_rate"))
@@ -602,9 +618,7 @@ def plot_curves_pooled(root: pathlib.Path, pooled: list[Cell], path: pathlib.Pat
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     runs = load_cells(root)
     for i, c in enumerate(pooled):
-        members = [
-            r for r in runs if all(str(r.fields.get(k)) == str(v) for k, v in c.fields.items())
-        ]
+        members = _members(c, runs)
         curves = [loss_matrix(r.path) for r in members]
         curves = [(s, v) for s, v in curves if len(s)]
         if not curves:

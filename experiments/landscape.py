@@ -79,6 +79,8 @@ def analyse_kernel(config, kernel: str, root: pathlib.Path) -> dict:
 
     run = copy.deepcopy(config.run)
     run.model.kernel = kernel
+    if kernel in config.get("sigma2", {}):
+        run.model.sigma2 = float(config.sigma2[kernel])
     workdir = root / f"kernel={kernel}"
     t0 = time.time()
     if not is_finished(workdir):
@@ -110,7 +112,12 @@ def analyse_kernel(config, kernel: str, root: pathlib.Path) -> dict:
     for name, p in (("init", init_params), ("trained", params)):
         trainable, f = trained_only(p)
         lam, _, iters = diagnostics.top_hessian_eigenvalue(
-            f, trainable, k3, num_iters=config.hessian_iters, tol=config.hessian_tol
+            f,
+            trainable,
+            k3,
+            num_iters=config.hessian_iters,
+            tol=config.hessian_tol,
+            largest="algebraic",
         )
         sharp[name] = (float(lam), int(iters))
     hessian_seconds = time.time() - t2
@@ -130,7 +137,7 @@ def analyse_kernel(config, kernel: str, root: pathlib.Path) -> dict:
         "power_iterations": [sharp["init"][1], sharp["trained"][1]],
         "final_train_loss": summary.get("final_loss"),
         "eval_accuracy": acc,
-        "train_seconds": train_seconds,
+        "train_seconds": float(summary.get("wall_seconds", train_seconds)),
         "surface_seconds": surface_seconds,
         "hessian_seconds": hessian_seconds,
         "grid": grid,
@@ -149,13 +156,13 @@ def plot(results: list[dict], root: pathlib.Path) -> None:
     hi = max(float(np.percentile(s, 98)) for s in surfaces)
     levels = np.geomspace(max(lo, 1e-6), max(hi, lo * 1.01 + 1e-6), 16)
 
-    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(results), figsize=(3.9 * len(results), 3.6), squeeze=False)
     for ax, r in zip(axes[0], results, strict=True):
         g = r["grid"]
         cs = ax.contour(g, g, r["surface"].T, levels=levels, cmap="viridis", linewidths=0.9)
         ax.clabel(cs, fontsize=6, fmt="%.2g")
         ax.plot([0], [0], "r+", ms=8)
-        ax.set_title(f"{r['kernel']}: sharpness {r['sharpness_trained']:.3g}", fontsize=9)
+        ax.set_title(f"{r['kernel']}: sharpness {r['sharpness_trained']:.3g}", fontsize=8)
         ax.set_xlabel("direction 1 (filter-normalised)")
         ax.set_ylabel("direction 2")
     fig.tight_layout()
@@ -195,7 +202,9 @@ def table(results: list[dict], config) -> str:
         f"Grid {config.grid_points}x{config.grid_points} over [-{config.grid_range}, "
         f"{config.grid_range}]^2 along two filter-normalised random directions (direction seed "
         f"{config.direction_seed}); training loss on {config.loss_batches} fixed batch(es); "
-        "sharpness = top Hessian eigenvalue of that loss (power iteration, trained parameters).\n",
+        "sharpness = largest Hessian eigenvalue of that loss w.r.t. the trained parameters "
+        "(power iteration on Hessian-vector products; at initialisation the Hessian can be "
+        "indefinite, and this is its largest positive eigenvalue).\n",
         "| " + " | ".join(cols) + " |",
         "|" + "---|" * len(cols),
     ]

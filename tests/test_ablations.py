@@ -31,104 +31,96 @@ SWEEP_CONFIGS = [
     "floater_extrapolation",
 ]
 
-# Reduced smoke grids: (config, wrapper axes, extra sweep flags, sub-directory)
+# Reduced smoke grids: kind -> [(config, get_config edits, wrapper axes, sub-directory)]
 SMOKE_SWEEPS = {
     "kernel_subsets": [
         (
             "ablation_kernel_subsets",
-            {"model.kernel": ("softmax", "gaussian"), "train.trainable": ("QKV", "Q")},
-            [],
+            {},
+            {"model.kernel": ("softmax", "gaussian"), "train.trainable": ("Q",)},
             "",
         ),
     ],
     "q_only": [
+        ("ablation_q_only", {}, {"train.learning_rate": (0.1,), "seeds": ((0,),)}, ""),
         (
             "ablation_q_only",
-            {"model.kernel": ("softmax",), "train.learning_rate": (0.1,), "seeds": ((0,), (1,))},
-            [],
-            "",
-        ),
-        (
-            "ablation_q_only",
-            {
-                "model.kernel": ("gaussian_unnormalized",),
-                "train.learning_rate": (0.1,),
-                "seeds": ((0,),),
-            },
-            ["--config.model.sigma2=64"],
+            {"model.kernel": "gaussian_unnormalized", "model.sigma2": 64.0},
+            {"train.learning_rate": (0.1,), "seeds": ((0,),)},
             "unnormalized",
         ),
     ],
     "overparam": [
-        (
-            "ablation_overparam",
-            {"model.dim": (8, 32), "train.trainable": ("V",), "model.kernel": ("softmax",)},
-            [],
-            "",
-        ),
+        ("ablation_overparam", {}, {"model.dim": (8, 32), "train.trainable": ("V",)}, ""),
     ],
-    "kernels": [
-        ("pathfinder_kernels", {"model.kernel": ("softmax", "gaussian")}, [], ""),
-    ],
-    "extrapolation": [
-        ("floater_extrapolation", {"model.position": ("learned", "floater")}, [], ""),
-    ],
+    "kernels": [("pathfinder_kernels", {}, {"model.kernel": ("gaussian",)}, "")],
+    "extrapolation": [("floater_extrapolation", {}, {"model.position": ("learned",)}, "")],
+    "text": [("lra_text_kernels", {"data.data_dir": "TFDS"}, {"model.kernel": ("softmax",)}, "")],
 }
 
+DRIVER = """
+import json, sys
+from experiments import sweep
+failed = 0
+for argv in json.loads(sys.argv[1]):
+    try:
+        code = sweep.main(["sweep", *argv])
+    except SystemExit as e:
+        code = e.code
+    print("SWEEP", argv[1], code, file=sys.stderr, flush=True)
+    failed += code != 0
+sys.exit(failed)
+"""
 
-def _wrapper(tmp: pathlib.Path, config: str, axes: dict) -> pathlib.Path:
-    path = tmp / f"wrap_{config}_{abs(hash(repr(axes)))}.py"
-    path.write_text(
-        f"from configs.{config} import get_config  # noqa: F401\n\n\n"
-        f"def get_sweep():\n    return {axes!r}\n"
-    )
+
+def _wrapper(tmp: pathlib.Path, config: str, edits: dict, axes: dict) -> pathlib.Path:
+    """A config file: ``config``'s ``get_config`` with ``edits``, and a smaller grid."""
+    path = tmp / f"wrap_{config}_{len(list(tmp.glob('wrap_*')))}.py"
+    lines = [
+        f"from configs.{config} import get_config as _get",
+        "",
+        "",
+        "def get_config(arg=None):",
+        "    c = _get(arg)",
+    ]
+    for field, value in edits.items():
+        lines.append(f"    c.{field} = {value!r}")
+    lines += ["    return c", "", "", "def get_sweep():", f"    return {axes!r}", ""]
+    path.write_text("\n".join(lines))
     return path
 
 
 @pytest.fixture(scope="module")
 def smoke_runs(tmp_path_factory):
-    """Every reduced smoke sweep, started at once; ``{kind: (root, [CompletedProcess])}``."""
+    """Every reduced smoke sweep, run by ``experiments.sweep.main`` in one subprocess (one
+    import of jax for all of them); ``{kind: root}`` and the driver's result."""
+    from attn_dynamics.data import testing
+
     tmp = tmp_path_factory.mktemp("ablation_smoke")
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    procs = {}
+    tfds_dir = str(testing.build_tiny_tfds("imdb_reviews", tmp / "tfds"))
+    argvs, roots = [], {}
     for kind, sweeps in SMOKE_SWEEPS.items():
-        root = tmp / kind
-        procs[kind] = (root, [])
-        for config, axes, extra, sub in sweeps:
-            wrapper = _wrapper(tmp, config, axes)
-            cmd = [
-                sys.executable,
-                "-m",
-                "experiments.sweep",
-                f"--config={wrapper}:smoke",
-                f"--workdir={root / sub if sub else root}",
-                *extra,
-            ]
-            procs[kind][1].append(
-                subprocess.Popen(
-                    cmd,
-                    cwd=ROOT,
-                    env=env,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                )
-            )
-    results = {}
-    for kind, (root, ps) in procs.items():
-        done = []
-        for p in ps:
-            out, err = p.communicate(timeout=600)
-            done.append((p.returncode, err[-3000:]))
-        results[kind] = (root, done)
-    return results
+        roots[kind] = tmp / kind
+        for config, edits, axes, sub in sweeps:
+            edits = {k: tfds_dir if v == "TFDS" else v for k, v in edits.items()}
+            wrapper = _wrapper(tmp, config, edits, axes)
+            workdir = roots[kind] / sub if sub else roots[kind]
+            argvs.append([f"--config={wrapper}:smoke", f"--workdir={workdir}"])
+    result = subprocess.run(
+        [sys.executable, "-c", DRIVER, json.dumps(argvs)],
+        cwd=ROOT,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    return roots, result
 
 
 def _ok(smoke_runs, kind) -> pathlib.Path:
-    root, done = smoke_runs[kind]
-    for code, err in done:
-        assert code == 0, err
-    return root
+    roots, result = smoke_runs
+    assert result.returncode == 0, result.stderr[-4000:]
+    return roots[kind]
 
 
 @pytest.mark.parametrize("name", SWEEP_CONFIGS)
@@ -159,18 +151,14 @@ def test_kernel_subsets_smoke_and_analysis(smoke_runs):
     ):
         assert (root / name).stat().st_size > 0, name
     cells = ablations.load_cells(root)
-    assert [c.name for c in cells] == [
-        "kernel=softmax,trainable=QKV",
-        "kernel=softmax,trainable=Q",
-        "kernel=gaussian,trainable=QKV",
-        "kernel=gaussian,trainable=Q",
-    ]
+    assert [c.name for c in cells] == ["kernel=softmax,trainable=Q", "kernel=gaussian,trainable=Q"]
     for c in cells:
         assert len(c.seeds) == 2
         for q in ablations.INIT_QUANTITIES:  # the step-0 theory quantities, per seed
             assert np.all(np.isfinite(c.init[q])) and np.all(c.init[q] >= 0)
         assert np.all(np.isfinite(c.relative_final_loss))
     assert "kernel=gaussian,trainable=Q" in text and "σmin(Φ) conv." in text
+    assert "kernel=softmax,trainable=Q" in (root / "report.md").read_text()
 
 
 def test_q_only_smoke_and_analysis(smoke_runs):
@@ -184,13 +172,14 @@ def test_q_only_smoke_and_analysis(smoke_runs):
     ):
         assert (root / name).stat().st_size > 0, name
     pooled = ablations.merge_seeds(ablations.load_cells(root), drop=("seeds",))
-    assert {c.name: len(c.seeds) for c in pooled} == {
-        "kernel=softmax,learning_rate=0.1": 2,
-        "kernel=gaussian_unnormalized,learning_rate=0.1": 1,
-    }
-    assert "Stalled or oscillating" in text
-    config = json.loads((root / "unnormalized" / "sweep.json").read_text())
-    assert config["axes"]["model.kernel"] == ["gaussian_unnormalized"]
+    # the nested sweep has the same sweep fields, but is pooled apart (another base config)
+    assert [(c.name, len(c.seeds)) for c in pooled] == [
+        ("learning_rate=0.1", 1),
+        ("unnormalized/learning_rate=0.1", 1),
+    ]
+    kernels = [c.config["model"]["kernel"] for c in ablations.load_cells(root)]
+    assert kernels == ["softmax", "gaussian_unnormalized"]
+    assert "Stalled or oscillating" in text and "sharpness at the teacher's W_Q" in text
 
 
 @pytest.mark.parametrize("kernel", ["softmax", "gaussian", "gaussian_unnormalized"])
@@ -234,6 +223,12 @@ def test_pathfinder_kernels_smoke_and_analysis(smoke_runs):
     assert "test accuracy" in text and "kernel=gaussian" in text
 
 
+def test_lra_text_kernels_smoke_and_analysis(smoke_runs):
+    root = _ok(smoke_runs, "text")
+    text = ablations.kernels(root)
+    assert "kernel=softmax" in text and (root / "kernels.png").stat().st_size > 0
+
+
 def test_floater_extrapolation_smoke_and_analysis(smoke_runs):
     root = _ok(smoke_runs, "extrapolation")
     text = ablations.extrapolation(root)
@@ -258,31 +253,6 @@ def test_cached_dataset_serves_the_same_examples():
         assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
     x, y = next(a.eval_batches("test")), next(b.eval_batches("test"))
     assert all(np.array_equal(x[k], y[k]) for k in x)
-
-
-def test_lra_text_kernels_smoke(tmp_path):
-    from attn_dynamics.data import testing
-
-    data_dir = testing.build_tiny_tfds("imdb_reviews", tmp_path / "tfds")
-    wrapper = _wrapper(tmp_path, "lra_text_kernels", {"model.kernel": ("softmax", "gaussian")})
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.sweep",
-            f"--config={wrapper}:smoke",
-            f"--workdir={tmp_path / 'runs'}",
-            f"--config.data.data_dir={data_dir}",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    text = ablations.kernels(tmp_path / "runs")
-    assert "kernel=softmax" in text and (tmp_path / "runs" / "kernels.png").exists()
 
 
 def test_landscape_smoke(tmp_path):

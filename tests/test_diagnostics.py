@@ -126,3 +126,22 @@ def test_theory_quantities_full_row_rank_and_ratios(rng, x64):
     np.testing.assert_allclose(q["sv_ratio_q_v"], s_q[-1] / s_v[0], rtol=1e-5)
     # more rows than columns: no full row rank, sigma_min is reported as 0
     assert float(diagnostics.sigma_min(jnp.asarray(rng.standard_normal((5, 3))))) == 0.0
+
+
+def test_largest_algebraic_eigenvalue_when_a_negative_one_dominates(rng, x64):
+    q, _ = np.linalg.qr(rng.standard_normal((6, 6)))
+    eigs = np.array([-5.0, 3.0, 1.0, -1.0, 0.5, 2.0]) * rng.uniform(0.5, 2.0)
+    a = jnp.asarray(q @ np.diag(eigs) @ q.T)
+    params = {"w": jnp.asarray(rng.standard_normal(6))}
+    loss = lambda p: 0.5 * p["w"] @ a @ p["w"]
+    key = jax.random.key(int(rng.integers(2**31)))
+    kw = dict(num_iters=20000, tol=1e-14)
+    lam, _, _ = diagnostics.top_hessian_eigenvalue(loss, params, key, **kw)
+    np.testing.assert_allclose(float(lam), eigs.min(), rtol=1e-6)  # largest magnitude
+    lam, vec, _ = diagnostics.top_hessian_eigenvalue(loss, params, key, largest="algebraic", **kw)
+    np.testing.assert_allclose(float(lam), eigs.max(), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(a @ vec["w"]), float(lam) * np.asarray(vec["w"]), atol=1e-5
+    )
+    with pytest.raises(ValueError, match="largest"):
+        diagnostics.top_hessian_eigenvalue(loss, params, key, largest="smallest")
