@@ -188,10 +188,7 @@ def progress_bar(enabled: bool, start: int, total: int):
 
 def plot_curves(workdir: pathlib.Path) -> None:
     """``curves.png``: loss per seed (log scale) and the training-dynamics norms."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
 
     records = [r for r in read_metrics(workdir) if not r.get("eval")]
     if not records:
@@ -200,7 +197,8 @@ def plot_curves(workdir: pathlib.Path) -> None:
     panels = [("loss", True), ("grad_norm", True), ("dist_from_init", False)]
     if "sigma_min_attention_output" in records[0]:
         panels.append(("sigma_min_attention_output", False))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    fig = Figure(figsize=(4.2 * len(panels), 3.4))
+    axes = fig.subplots(1, len(panels))
     for ax, (name, log) in zip(np.atleast_1d(axes), panels, strict=True):
         per_seed = [r.get(f"{name}/seeds") for r in records]
         if per_seed[0] is not None:
@@ -212,4 +210,3 @@ def plot_curves(workdir: pathlib.Path) -> None:
             ax.set_yscale("log")
     fig.tight_layout()
     fig.savefig(pathlib.Path(workdir) / "curves.png", dpi=110)
-    plt.close(fig)

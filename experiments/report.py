@@ -89,12 +89,10 @@ def loss_matrix(run_dir: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def plot_loss_curves(root: pathlib.Path, runs: list[pathlib.Path], path: pathlib.Path) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.subplots()
     for run_dir in runs:
         steps, losses = loss_matrix(run_dir)
         if not steps.size:
@@ -109,7 +107,6 @@ def plot_loss_curves(root: pathlib.Path, runs: list[pathlib.Path], path: pathlib
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def write_report(root: pathlib.Path) -> pathlib.Path:

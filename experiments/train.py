@@ -387,7 +387,7 @@ def seed_keys(seeds, stream: int) -> jax.Array:
 def init_params(model, seeds, example: tuple) -> PyTree:
     """``vmap(init)`` over the seeds: a stack with a leading seed axis."""
     init = lambda k: model.init(k, *example)["params"]
-    return jax.vmap(init)(seed_keys(seeds, INIT_STREAM))
+    return jax.jit(jax.vmap(init))(seed_keys(seeds, INIT_STREAM))  # jitted: eager init is slow
 
 
 def make_mesh() -> jax.sharding.Mesh:
