@@ -539,7 +539,10 @@ def teacher_query(data_config):
     return scale * jax.random.normal(key, (dim, dim)) / math.sqrt(dim)
 
 
-def run_sharpness(run_dir: pathlib.Path, *, num_iters: int = 300) -> dict:
+SHARPNESS_ITERS = 300  # power iterations per sharpness estimate
+
+
+def run_sharpness(run_dir: pathlib.Path, *, num_iters: int | None = None) -> dict:
     """Top Hessian eigenvalue of the training loss w.r.t. the *trained* parameters, per seed:
     at the end of the run (``final``) and, for Q-only student-teacher runs, at the teacher's
     W_Q (``teacher``, a global minimum). Power iteration; cached in ``run_dir/sharpness.json``."""
@@ -552,6 +555,7 @@ def run_sharpness(run_dir: pathlib.Path, *, num_iters: int = 300) -> dict:
     from attn_dynamics import diagnostics, freezing
     from experiments import landscape
 
+    num_iters = SHARPNESS_ITERS if num_iters is None else num_iters
     config = ml_collections.ConfigDict(json.loads((run_dir / "config.json").read_text()))
     teacher = config.data.name == "student_teacher_regression"
     if teacher:

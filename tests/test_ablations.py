@@ -51,7 +51,7 @@ SMOKE_SWEEPS = {
         ),
     ],
     "overparam": [
-        ("ablation_overparam", {}, {"model.dim": (8, 32), "train.trainable": ("V",)}, ""),
+        ("ablation_overparam", {}, {"model.dim": (8,), "train.trainable": ("V",)}, ""),
     ],
     "kernels": [("pathfinder_kernels", {}, {"model.kernel": ("gaussian",)}, "")],
     "extrapolation": [("floater_extrapolation", {}, {"model.position": ("learned",)}, "")],
@@ -60,7 +60,9 @@ SMOKE_SWEEPS = {
 
 DRIVER = """
 import json, sys
+from attn_dynamics.data import testing
 from experiments import sweep
+testing.build_tiny_tfds("imdb_reviews", sys.argv[2])
 failed = 0
 for argv in json.loads(sys.argv[1]):
     try:
@@ -90,14 +92,13 @@ def _wrapper(tmp: pathlib.Path, config: str, edits: dict, axes: dict) -> pathlib
     return path
 
 
-@pytest.fixture(scope="module")
-def smoke_runs(tmp_path_factory):
+@pytest.fixture(scope="module", autouse=True)
+def _smoke_process(tmp_path_factory):
     """Every reduced smoke sweep, run by ``experiments.sweep.main`` in one subprocess (one
-    import of jax for all of them); ``{kind: root}`` and the driver's result."""
-    from attn_dynamics.data import testing
-
+    import of jax for all of them), started when the module starts so that the tests which do
+    not need it run meanwhile."""
     tmp = tmp_path_factory.mktemp("ablation_smoke")
-    tfds_dir = str(testing.build_tiny_tfds("imdb_reviews", tmp / "tfds"))
+    tfds_dir = str(tmp / "tfds")  # built by the driver, first
     argvs, roots = [], {}
     for kind, sweeps in SMOKE_SWEEPS.items():
         roots[kind] = tmp / kind
@@ -106,20 +107,31 @@ def smoke_runs(tmp_path_factory):
             wrapper = _wrapper(tmp, config, edits, axes)
             workdir = roots[kind] / sub if sub else roots[kind]
             argvs.append([f"--config={wrapper}:smoke", f"--workdir={workdir}"])
-    result = subprocess.run(
-        [sys.executable, "-c", DRIVER, json.dumps(argvs)],
+    process = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, json.dumps(argvs), tfds_dir],
         cwd=ROOT,
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=900,
     )
-    return roots, result
+    yield roots, process
+    if process.poll() is None:
+        process.kill()
+        process.communicate()
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(_smoke_process):
+    """Waits for the smoke sweeps: ``(roots by kind, (returncode, stderr))``."""
+    roots, process = _smoke_process
+    _, err = process.communicate(timeout=900)
+    return roots, (process.returncode, err)
 
 
 def _ok(smoke_runs, kind) -> pathlib.Path:
-    roots, result = smoke_runs
-    assert result.returncode == 0, result.stderr[-4000:]
+    roots, (code, err) = smoke_runs
+    assert code == 0, err[-4000:]
     return roots[kind]
 
 
@@ -137,49 +149,6 @@ def test_every_cell_of_the_full_grids_validates(name):
     if name == "ablation_kernel_subsets":
         assert len(module.get_config().seeds) >= 16
         assert set(axes["train.trainable"]) == {"QKV", "V", "Q", "K"}
-
-
-def test_kernel_subsets_smoke_and_analysis(smoke_runs):
-    root = _ok(smoke_runs, "kernel_subsets")
-    text = ablations.kernel_subsets(root)
-    for name in (
-        "ablation_kernel_subsets.md",
-        "init_vs_convergence.png",
-        "final_loss_distribution.png",
-        "report.md",
-        "loss_curves.png",
-    ):
-        assert (root / name).stat().st_size > 0, name
-    cells = ablations.load_cells(root)
-    assert [c.name for c in cells] == ["kernel=softmax,trainable=Q", "kernel=gaussian,trainable=Q"]
-    for c in cells:
-        assert len(c.seeds) == 2
-        for q in ablations.INIT_QUANTITIES:  # the step-0 theory quantities, per seed
-            assert np.all(np.isfinite(c.init[q])) and np.all(c.init[q] >= 0)
-        assert np.all(np.isfinite(c.relative_final_loss))
-    assert "kernel=gaussian,trainable=Q" in text and "σmin(Φ) conv." in text
-    assert "kernel=softmax,trainable=Q" in (root / "report.md").read_text()
-
-
-def test_q_only_smoke_and_analysis(smoke_runs):
-    root = _ok(smoke_runs, "q_only")
-    text = ablations.q_only(root)
-    for name in (
-        "ablation_q_only.md",
-        "init_vs_convergence.png",
-        "final_loss_distribution.png",
-        "loss_curves.png",
-    ):
-        assert (root / name).stat().st_size > 0, name
-    pooled = ablations.merge_seeds(ablations.load_cells(root), drop=("seeds",))
-    # the nested sweep has the same sweep fields, but is pooled apart (another base config)
-    assert [(c.name, len(c.seeds)) for c in pooled] == [
-        ("learning_rate=0.1", 1),
-        ("unnormalized/learning_rate=0.1", 1),
-    ]
-    kernels = [c.config["model"]["kernel"] for c in ablations.load_cells(root)]
-    assert kernels == ["softmax", "gaussian_unnormalized"]
-    assert "Stalled or oscillating" in text and "sharpness at the teacher's W_Q" in text
 
 
 @pytest.mark.parametrize("kernel", ["softmax", "gaussian", "gaussian_unnormalized"])
@@ -205,36 +174,6 @@ def test_student_teacher_targets_are_reached_by_the_teachers_w_q(kernel, rng):
     assert float(jnp.max(jnp.abs(student_at_init - y))) > 1e-2  # not trivially solved
     params["attention"]["query"]["kernel"] = wq
     np.testing.assert_allclose(model.apply({"params": params}, x), y, atol=1e-5)
-
-
-def test_overparam_smoke_and_analysis(smoke_runs):
-    root = _ok(smoke_runs, "overparam")
-    text = ablations.overparam(root)
-    assert (root / "overparam.png").stat().st_size > 0
-    assert "d/(nN)" in text and "| 0.5 |" in text and "| 2 |" in text
-    lrs = [c.config["train"]["learning_rate"] for c in ablations.load_cells(root)]
-    np.testing.assert_allclose(lrs, [3.2 / 16, 3.2 / 40])  # lr = 3.2 / (d + 8) follows d
-
-
-def test_pathfinder_kernels_smoke_and_analysis(smoke_runs):
-    root = _ok(smoke_runs, "kernels")
-    text = ablations.kernels(root)
-    assert (root / "kernels.png").stat().st_size > 0
-    assert "test accuracy" in text and "kernel=gaussian" in text
-
-
-def test_lra_text_kernels_smoke_and_analysis(smoke_runs):
-    root = _ok(smoke_runs, "text")
-    text = ablations.kernels(root)
-    assert "kernel=softmax" in text and (root / "kernels.png").stat().st_size > 0
-
-
-def test_floater_extrapolation_smoke_and_analysis(smoke_runs):
-    root = _ok(smoke_runs, "extrapolation")
-    text = ablations.extrapolation(root)
-    assert (root / "extrapolation.png").stat().st_size > 0
-    for column in ("L=8 (1x)", "L=12 (1.5x)", "L=16 (2x)"):
-        assert column in text
 
 
 def test_cached_dataset_serves_the_same_examples():
@@ -276,3 +215,77 @@ def test_landscape_smoke(tmp_path):
         assert r["loss_at_center"] == pytest.approx(float(grids[f"surface_{r['kernel']}"][2, 2]))
         assert np.isfinite(r["sharpness_trained"]) and r["sharpness_trained"] > 0
     assert "sharpness" in text
+
+
+def test_kernel_subsets_smoke_and_analysis(smoke_runs):
+    root = _ok(smoke_runs, "kernel_subsets")
+    text = ablations.kernel_subsets(root)
+    for name in (
+        "ablation_kernel_subsets.md",
+        "init_vs_convergence.png",
+        "final_loss_distribution.png",
+        "report.md",
+        "loss_curves.png",
+    ):
+        assert (root / name).stat().st_size > 0, name
+    cells = ablations.load_cells(root)
+    assert [c.name for c in cells] == ["kernel=softmax,trainable=Q", "kernel=gaussian,trainable=Q"]
+    for c in cells:
+        assert len(c.seeds) == 2
+        for q in ablations.INIT_QUANTITIES:  # the step-0 theory quantities, per seed
+            assert np.all(np.isfinite(c.init[q])) and np.all(c.init[q] >= 0)
+        assert np.all(np.isfinite(c.relative_final_loss))
+    assert "kernel=gaussian,trainable=Q" in text and "σmin(Φ) conv." in text
+    assert "kernel=softmax,trainable=Q" in (root / "report.md").read_text()
+
+
+def test_q_only_smoke_and_analysis(smoke_runs, monkeypatch):
+    root = _ok(smoke_runs, "q_only")
+    monkeypatch.setattr(ablations, "SHARPNESS_ITERS", 5)
+    text = ablations.q_only(root)
+    for name in (
+        "ablation_q_only.md",
+        "init_vs_convergence.png",
+        "final_loss_distribution.png",
+        "loss_curves.png",
+    ):
+        assert (root / name).stat().st_size > 0, name
+    pooled = ablations.merge_seeds(ablations.load_cells(root), drop=("seeds",))
+    # the nested sweep has the same sweep fields, but is pooled apart (another base config)
+    assert [(c.name, len(c.seeds)) for c in pooled] == [
+        ("learning_rate=0.1", 1),
+        ("unnormalized/learning_rate=0.1", 1),
+    ]
+    kernels = [c.config["model"]["kernel"] for c in ablations.load_cells(root)]
+    assert kernels == ["softmax", "gaussian_unnormalized"]
+    assert "Stalled or oscillating" in text and "sharpness at the teacher's W_Q" in text
+
+
+def test_overparam_smoke_and_analysis(smoke_runs):
+    root = _ok(smoke_runs, "overparam")
+    text = ablations.overparam(root)
+    assert (root / "overparam.png").stat().st_size > 0
+    assert "d/(nN)" in text and "| 0.5 |" in text
+    lrs = [c.config["train"]["learning_rate"] for c in ablations.load_cells(root)]
+    np.testing.assert_allclose(lrs, [3.2 / 16])  # lr = 3.2 / (d + 8) follows d
+
+
+def test_pathfinder_kernels_smoke_and_analysis(smoke_runs):
+    root = _ok(smoke_runs, "kernels")
+    text = ablations.kernels(root)
+    assert (root / "kernels.png").stat().st_size > 0
+    assert "test accuracy" in text and "kernel=gaussian" in text
+
+
+def test_lra_text_kernels_smoke_and_analysis(smoke_runs):
+    root = _ok(smoke_runs, "text")
+    text = ablations.kernels(root)
+    assert "kernel=softmax" in text and (root / "kernels.png").stat().st_size > 0
+
+
+def test_floater_extrapolation_smoke_and_analysis(smoke_runs):
+    root = _ok(smoke_runs, "extrapolation")
+    text = ablations.extrapolation(root)
+    assert (root / "extrapolation.png").stat().st_size > 0
+    for column in ("L=8 (1x)", "L=12 (1.5x)", "L=16 (2x)"):
+        assert column in text
