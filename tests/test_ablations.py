@@ -24,6 +24,7 @@ from experiments import ablations, sweep, train
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SWEEP_CONFIGS = [
     "ablation_kernel_subsets",
+    "ablation_init_scale",
     "ablation_q_only",
     "ablation_overparam",
     "pathfinder_kernels",
@@ -38,6 +39,14 @@ SMOKE_SWEEPS = {
             "ablation_kernel_subsets",
             {},
             {"model.kernel": ("softmax", "gaussian"), "train.trainable": ("Q",)},
+            "",
+        ),
+    ],
+    "init_scale": [
+        (
+            "ablation_init_scale",
+            {},
+            {"model.qk_init_scale": (4.0,), "model.v_init_scale": (0.25,)},
             "",
         ),
     ],
@@ -237,6 +246,15 @@ def test_kernel_subsets_smoke_and_analysis(smoke_runs):
         assert np.all(np.isfinite(c.relative_final_loss))
     assert "kernel=gaussian,trainable=Q" in text and "σmin(Φ) conv." in text
     assert "kernel=softmax,trainable=Q" in (root / "report.md").read_text()
+
+
+def test_init_scale_smoke_and_analysis(smoke_runs):
+    root = _ok(smoke_runs, "init_scale")
+    ablations.kernel_subsets(root)
+    (cell,) = ablations.load_cells(root)
+    assert cell.config["model"]["qk_init_scale"] == 4.0
+    assert cell.config["model"]["v_init_scale"] == 0.25
+    assert cell.config["train"]["trainable"] == "QKV"
 
 
 def test_q_only_smoke_and_analysis(smoke_runs, monkeypatch):
