@@ -148,7 +148,10 @@ def count(tree: PyTree) -> int:
 
 
 def init_optimizer(
-    params: PyTree, spec: Spec, tx: optax.GradientTransformation, layers: Sequence[int] | None = None
+    params: PyTree,
+    spec: Spec,
+    tx: optax.GradientTransformation,
+    layers: Sequence[int] | None = None,
 ) -> tuple[dict, dict, optax.OptState]:
     """``(trainable, frozen, opt_state)``, the optimiser state holding trainable leaves only.
 

@@ -104,7 +104,9 @@ class EncoderBlock(nn.Module):
             name="attention",
         )
         dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
-        x = x + dropout(attention(nn.LayerNorm(name="ln_attention")(x), mask=mask, qkv_bias=qkv_bias))
+        x = x + dropout(
+            attention(nn.LayerNorm(name="ln_attention")(x), mask=mask, qkv_bias=qkv_bias)
+        )
         mlp = MLP(self.mlp_dim, self.dropout_rate, name="mlp")
         return x + dropout(mlp(nn.LayerNorm(name="ln_mlp")(x), train=train))
 

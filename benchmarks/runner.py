@@ -134,8 +134,10 @@ def main() -> None:
     for kernel, sps in encoder.items():
         lines.append(f"| encoder at LRA text size, {kernel}: steps/s | {sps:.2f} |")
     lines.append("")
-    lines.append(f"Load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
-                 "(other jobs on a shared machine inflate wall times).")
+    lines.append(
+        f"Load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
+        "(other jobs on a shared machine inflate wall times)."
+    )
     body = "\n".join(lines)
     print(body)
     record(f"runner ({platform})", body)

@@ -32,8 +32,12 @@ pytestmark = pytest.mark.notebooks
 
 def test_there_are_notebooks():
     names = [p.name for p in NOTEBOOKS]
-    for expected in ("01_quickstart.ipynb", "02_kernels_and_freezing.ipynb",
-                     "03_floater.ipynb", "04_reproduce.ipynb"):
+    for expected in (
+        "01_quickstart.ipynb",
+        "02_kernels_and_freezing.ipynb",
+        "03_floater.ipynb",
+        "04_reproduce.ipynb",
+    ):
         assert expected in names
 
 
@@ -61,11 +65,15 @@ def _kernel_spec(jupyter_dir: pathlib.Path) -> None:
     """A kernelspec for *this* interpreter (the installed ``python3`` one may name another)."""
     spec = jupyter_dir / "kernels" / KERNEL
     spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "attn-dynamics (test)",
-        "language": "python",
-    }))
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "attn-dynamics (test)",
+                "language": "python",
+            }
+        )
+    )
 
 
 def _inject_parameters(nb, runs_dir: pathlib.Path) -> None:
@@ -85,8 +93,12 @@ def test_notebook_runs_in_smoke_mode(path: pathlib.Path, tmp_path: pathlib.Path,
     env = dict(os.environ)
     env.pop("MPLBACKEND", None)  # keep the kernel's inline backend
     env.pop("XLA_FLAGS", None)  # one CPU device, as on a laptop
-    env.update(JAX_PLATFORMS="cpu", XLA_PYTHON_CLIENT_PREALLOCATE="false",
-               PYTHONDONTWRITEBYTECODE="1", TQDM_DISABLE="1")
+    env.update(
+        JAX_PLATFORMS="cpu",
+        XLA_PYTHON_CLIENT_PREALLOCATE="false",
+        PYTHONDONTWRITEBYTECODE="1",
+        TQDM_DISABLE="1",
+    )
 
     nb = nbformat.read(repo / "notebooks" / path.name, as_version=4)
     _inject_parameters(nb, runs)
