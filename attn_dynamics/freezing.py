@@ -143,10 +143,6 @@ def merge(a: Mapping, b: Mapping) -> dict:
     return out
 
 
-def count(tree: PyTree) -> int:
-    return sum(x.size for x in jax.tree_util.tree_leaves(tree))
-
-
 def init_optimizer(
     params: PyTree,
     spec: Spec,

@@ -53,7 +53,7 @@ def problem(run_config, loss_batches: int = 1):
     ds = data.get_dataset(run_config.data, mesh=None)
     model = train.build_model(run_config, ds.info)
     batches = [ds.train_batch(i) for i in range(loss_batches)]
-    example = train.example_inputs(model, ds.info, batches[0])
+    example = train.example_inputs(model, batches[0])
     init = train.init_params(model, tuple(run_config.seeds), example)
     loss_of_batch = train.make_loss(model, ds.info["task"])
     rng = jax.random.key(0)  # dropout off in these configs; the key is only a placeholder

@@ -117,7 +117,7 @@ def trainable_spec(t: ml_collections.ConfigDict):
     return t.trainable, layers
 
 
-def example_inputs(model, info: dict, batch: dict) -> tuple:
+def example_inputs(model, batch: dict) -> tuple:
     if isinstance(model, models.TheoryModel):
         return (batch["inputs"],)
     return (batch["inputs"], batch["valid"])
@@ -426,7 +426,7 @@ def _train_and_evaluate(config, workdir, stop: _StopFlag) -> dict:
     seeds = tuple(config.seeds)
     model = build_model(config, info)
     first_batch = ds.train_batch(0)
-    example = example_inputs(model, info, first_batch)
+    example = example_inputs(model, first_batch)
     spec, layers = trainable_spec(config.train)
     abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), *example)["params"])
     try:
@@ -476,7 +476,7 @@ def _train_and_evaluate(config, workdir, stop: _StopFlag) -> dict:
     loss_fn = make_loss(model, info["task"])
     threshold = config.train.loss_threshold
     t_compile = time.time()
-    batch = ds.train_batch(start)
+    batch = first_batch if start == 0 else ds.train_batch(start)
     compile_step = lambda fn: (
         jax.jit(fn, donate_argnums=0).lower(state, frozen, trainable0, batch).compile()
     )
