@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import ml_collections
 
-from attn_dynamics.data import image, order, pathfinder, synthetic, text
+from attn_dynamics.data import image, order, pathfinder, student_teacher, synthetic, text
 from attn_dynamics.data.base import Dataset, DatasetNotPrepared, shard_batch
 
 __all__ = [
@@ -45,6 +45,10 @@ _REGISTRY: dict[str, tuple[Callable[[], ml_collections.ConfigDict], Callable[...
     "pathfinder": (pathfinder.default_config, pathfinder.Pathfinder),
     "order_lookback": (lambda: order.default_config("order_lookback"), order.OrderTask),
     "order_precedence": (lambda: order.default_config("order_precedence"), order.OrderTask),
+    "student_teacher_regression": (
+        student_teacher.default_config,
+        student_teacher.StudentTeacherRegression,
+    ),
 }
 
 

@@ -1,0 +1,122 @@
+"""``student_teacher_regression``: targets a student reaches exactly by training W_Q alone.
+
+The teacher *is* the student of the run's (single) seed at initialisation: the same W_K and W_V
+(rebuilt from the seed with the runner's init stream), the same kernel, with W_Q replaced by an
+independent draw of scale ``teacher_q_scale``. So ``Y = A(X W_Q*, X W_K) X W_V`` is a zero-loss
+point of the Q-only problem, and "reaching the global optimum" means reaching zero loss. Inputs
+``X`` are drawn as in ``synthetic_regression``; batching, eval split and validation are that
+dataset's.
+
+The fields ``dim``, ``out_dim``, ``student_seeds``, ``teacher_kernel``, ``teacher_sigma2`` and the
+init scales must equal the run's (``configs/ablation_q_only.py`` makes them references to the
+model's fields and to ``config.seeds``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+import numpy as np
+from ml_collections import config_dict
+
+from attn_dynamics.data import synthetic
+
+# The fold_in id of parameter initialisation in the runner (``experiments.train.INIT_STREAM``):
+# the teacher's W_K and W_V are the student's only if both use it (tests check they agree).
+STUDENT_INIT_STREAM = 0
+TEACHER_Q_STREAM = 13  # the teacher's W_Q: a stream no student parameter is drawn from
+
+
+def default_config() -> ml_collections.ConfigDict:
+    d = ml_collections.ConfigDict()
+    d.name = "student_teacher_regression"
+    d.num_samples = 4  # n
+    d.seq_len = 4  # N
+    d.dim = 64  # d
+    d.out_dim = 4
+    d.input_scale = 1.0
+    d.seed = 0  # inputs X
+    d.student_seeds = (0,)  # the run's config.seeds: the teacher copies that student's W_K, W_V
+    d.teacher_q_scale = 3.0  # teacher W_Q ~ N(0, scale^2 / d), drawn independently of the student
+    d.teacher_kernel = "softmax"
+    d.teacher_sigma2 = config_dict.placeholder(float)  # teacher's Gaussian bandwidth (model.sigma2)
+    d.qk_init_scale = 1.0  # the student's init scales (so its W_K, W_V can be rebuilt)
+    d.v_init_scale = 1.0
+    d.batch_size = 0
+    return d
+
+
+def student_seed(config) -> int:
+    seeds = tuple(config.student_seeds)
+    if len(seeds) != 1:
+        raise ValueError(
+            "student_teacher_regression: targets are built from one student's W_K, W_V, so the "
+            f"run must train exactly one seed (config.seeds), got {seeds!r}; sweep over seeds"
+        )
+    return int(seeds[0])
+
+
+def teacher_query(config):
+    """The teacher's W_Q ``[d, d]``: a zero-loss point for the student trained on this data."""
+    import jax
+
+    key = jax.random.fold_in(jax.random.key(student_seed(config)), TEACHER_Q_STREAM)
+    dim = int(config.dim)
+    return float(config.teacher_q_scale) * jax.random.normal(key, (dim, dim)) / math.sqrt(dim)
+
+
+def make_data(config) -> tuple[np.ndarray, np.ndarray]:
+    """``(X [n, N, d], Y [n, N, out_dim])`` float32: Y is the seed's student at initialisation
+    with W_Q replaced by :func:`teacher_query`."""
+    import jax
+
+    from attn_dynamics import models
+
+    seed = student_seed(config)
+    n, seq, dim, out = (int(config[k]) for k in ("num_samples", "seq_len", "dim", "out_dim"))
+    rng = np.random.default_rng([int(config.seed), synthetic.X_STREAM])
+    x = (float(config.input_scale) * rng.standard_normal((n, seq, dim))).astype(np.float32)
+    options = {"sigma2": float(config.teacher_sigma2)} if config.teacher_sigma2 else {}
+    teacher = models.TheoryModel(
+        dim=dim,
+        out_dim=out,
+        kernel=config.teacher_kernel,
+        kernel_options=options,
+        qk_init_scale=float(config.qk_init_scale),
+        v_init_scale=float(config.v_init_scale),
+    )
+    key = jax.random.fold_in(jax.random.key(seed), STUDENT_INIT_STREAM)
+    params = teacher.init(key, x[:1])["params"]  # the student's init: same shapes, same key
+    attention = dict(params["attention"], query={"kernel": teacher_query(config)})
+    y = jax.jit(teacher.apply)({"params": {**params, "attention": attention}}, x)
+    return x, np.asarray(y, np.float32)
+
+
+def _synthetic_view(config) -> ml_collections.ConfigDict:
+    """The ``synthetic_regression`` fields that batching and validation read."""
+    view = synthetic.default_config()
+    for field in ("num_samples", "seq_len", "dim", "out_dim", "input_scale", "seed", "batch_size"):
+        view[field] = config[field]
+    view.teacher_kernel = config.teacher_kernel
+    return view
+
+
+class StudentTeacherRegression(synthetic.SyntheticRegression):
+    """``synthetic_regression``'s inputs and batching with :func:`make_data`'s targets."""
+
+    name = "student_teacher_regression"
+
+    def __init__(self, config, mesh=None):
+        missing = [f for f in default_config() if f not in config]
+        if missing:
+            raise ValueError(f"config.data for {self.name!r} lacks the fields {missing}")
+        student_seed(config)  # one seed, else the ValueError saying so, before any work
+        super().__init__(_synthetic_view(config), mesh)
+        self.student_config = config
+
+    @property
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._data is None:  # built on first use: get_dataset stays cheap
+            self._data = make_data(self.student_config)
+        return self._data
