@@ -22,6 +22,9 @@ from experiments import defaults
 
 
 def get_config(arg=None):
+    from experiments.validation import variants
+
+    smoke = "smoke" in variants(arg, ["smoke"])
     c = qk_frozen.get_config()
     c.seeds = tuple(range(16))
     c.train.learning_rate = 3.2 / (c.model.get_ref("dim").to_float() + 8.0)
@@ -30,11 +33,9 @@ def get_config(arg=None):
     c.train.checkpoint_every = 10_000
     c.train.stop_at_threshold = True
     c.train.progress_bar = False
-    if arg == "smoke":
+    if smoke:
         defaults.smoke(c)
         c.train.checkpoint_every = 1_000
-    elif arg:
-        raise ValueError(f"ablation_overparam: unknown arg {arg!r}; valid: smoke")
     return c
 
 

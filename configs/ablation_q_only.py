@@ -31,6 +31,9 @@ ablations.register_student_teacher()  # the data set lives with the analysis cod
 
 
 def get_config(arg=None):
+    from experiments.validation import variants
+
+    smoke = "smoke" in variants(arg, ["smoke"])
     c = defaults.base_config()
     c.seeds = (0,)
     c.model.name = "theory"
@@ -57,11 +60,9 @@ def get_config(arg=None):
     c.train.loss_threshold = 1e-3
     c.train.stop_at_threshold = True
     c.train.progress_bar = False
-    if arg == "smoke":
+    if smoke:
         defaults.smoke(c)
         c.train.checkpoint_every = 1_000
-    elif arg:
-        raise ValueError(f"ablation_q_only: unknown arg {arg!r}; valid: smoke")
     return c
 
 

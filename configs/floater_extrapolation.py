@@ -17,11 +17,11 @@ vector field, further in time); sinusoidal is defined at every position.
 
 from configs import floater_order
 from experiments import defaults
+from experiments.validation import variants
 
 
 def get_config(arg=None):
-    if arg not in (None, "", "smoke"):
-        raise ValueError(f"floater_extrapolation: unknown arg {arg!r}; valid: smoke")
+    smoke = "smoke" in variants(arg, ["smoke"])
     c = floater_order.get_config()
     length = 32
     c.seeds = (0, 1, 2)
@@ -38,7 +38,7 @@ def get_config(arg=None):
     c.train.eval_every = 500
     c.train.checkpoint_every = 1500
     c.train.progress_bar = False
-    if arg == "smoke":
+    if smoke:
         defaults.smoke(c)
         c.train.checkpoint_every = 1_000
         c.data.min_len = 4

@@ -15,11 +15,11 @@ length takes ``(128 - 1) * rk4_substeps`` RK4 steps, within ``model.floater.max_
 from attn_dynamics import data
 from configs.lra_text import set_encoder
 from experiments import defaults
+from experiments.validation import variants
 
 
 def get_config(arg=None):
-    if arg not in (None, "", "smoke"):
-        raise ValueError(f"floater_order: unknown arg {arg!r}; valid: smoke")
+    smoke = "smoke" in variants(arg, ["smoke"])
     c = defaults.base_config()
     c.data = data.default_config("order_lookback")
     num_tokens = c.data.get_ref("num_tokens")
@@ -39,7 +39,7 @@ def get_config(arg=None):
     c.train.eval_every = 1_000
     c.train.checkpoint_every = 1_000
     c.train.loss_threshold = 0.0  # classification: report, do not stop
-    if arg == "smoke":
+    if smoke:
         defaults.smoke(c)
         c.data.min_len = 8
         c.data.train_len = 16

@@ -24,13 +24,11 @@ import ml_collections
 
 from configs import ablation_q_only, pathfinder, qkv_trained
 from experiments import ablations, defaults
+from experiments.validation import variants
 
 
 def get_config(arg=None):
-    args = set((arg or "").split(",")) - {""}
-    unknown = args - {"smoke", "theory", "q_only"}
-    if unknown:
-        raise ValueError(f"landscape: unknown args {sorted(unknown)}; valid: q_only, smoke, theory")
+    args = variants(arg, ["q_only", "smoke", "theory"], exclusive=["q_only", "theory"])
     c = ml_collections.ConfigDict()
     c.kernels = ("softmax", "gaussian")
     c.sigma2 = ml_collections.ConfigDict()  # kernel name -> its Gaussian bandwidth, if not default

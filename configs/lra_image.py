@@ -17,9 +17,11 @@ choice (LRA-like Adam).
 from attn_dynamics import data
 from configs.lra_text import set_encoder
 from experiments import defaults
+from experiments.validation import variants
 
 
 def get_config(arg=None):
+    smoke = "smoke" in variants(arg, ["smoke"])
     c = defaults.base_config()
     c.data = data.default_config("image_seq")
     c.data.dataset = "cifar10"
@@ -31,7 +33,7 @@ def get_config(arg=None):
     c.train.eval_every = 1_000
     c.train.checkpoint_every = 1_000
     c.train.loss_threshold = 0.0
-    if arg == "smoke":
+    if smoke:
         defaults.smoke(c)
         c.data.resolution = 8  # 64 tokens
         c.model.max_len = 64

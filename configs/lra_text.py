@@ -20,6 +20,7 @@ paper does not state them).
 
 from attn_dynamics import data
 from experiments import defaults
+from experiments.validation import variants
 
 
 def set_encoder(c, *, num_classes, vocab_size, max_len):
@@ -39,6 +40,7 @@ def set_encoder(c, *, num_classes, vocab_size, max_len):
 
 
 def get_config(arg=None):
+    smoke = "smoke" in variants(arg, ["smoke"])
     c = defaults.base_config()
     c.data = data.default_config("imdb_bytes")
     set_encoder(c, num_classes=2, vocab_size=257, max_len=c.data.get_ref("seq_len"))
@@ -49,7 +51,7 @@ def get_config(arg=None):
     c.train.eval_every = 1_000
     c.train.checkpoint_every = 1_000
     c.train.loss_threshold = 0.0  # classification: report, do not stop
-    if arg == "smoke":
+    if smoke:
         defaults.smoke(c)
         c.data.seq_len = 32  # model.max_len follows (a reference)
         c.data.batch_size = 4

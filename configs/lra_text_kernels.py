@@ -15,13 +15,11 @@ still needs the data set (the tests point ``data.data_dir`` at a tiny local copy
 
 from configs import lra_text
 from experiments import defaults
+from experiments.validation import variants
 
 
 def get_config(arg=None):
-    args = set((arg or "").split(",")) - {""}
-    unknown = args - {"smoke", "cpu"}
-    if unknown:
-        raise ValueError(f"lra_text_kernels: unknown args {sorted(unknown)}; valid: cpu, smoke")
+    args = variants(arg, ["cpu", "smoke"])
     c = lra_text.get_config()
     c.seeds = (0, 1, 2)
     c.train.progress_bar = False

@@ -16,15 +16,11 @@ information cannot solve either task (the label is not a function of the multise
 from attn_dynamics import data
 from configs.lra_text import set_encoder
 from experiments import defaults
+from experiments.validation import variants
 
 
 def get_config(arg=None):
-    args = set((arg or "").split(",")) - {""}
-    unknown = args - {"smoke", "lookback", "precedence"}
-    if unknown:
-        raise ValueError(
-            f"order_task: unknown args {sorted(unknown)}; valid: lookback, precedence, smoke"
-        )
+    args = variants(arg, ["lookback", "precedence", "smoke"], exclusive=["lookback", "precedence"])
     task = "order_precedence" if "precedence" in args else "order_lookback"
     c = defaults.base_config()
     c.data = data.default_config(task)

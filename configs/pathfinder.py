@@ -22,9 +22,11 @@ size and step count are our choices (the paper does not state them).
 from attn_dynamics import data
 from configs.lra_text import set_encoder
 from experiments import defaults
+from experiments.validation import variants
 
 
 def get_config(arg=None):
+    smoke = "smoke" in variants(arg, ["smoke"])
     c = defaults.base_config()
     c.data = data.default_config("pathfinder")
     resolution = c.data.get_ref("resolution")
@@ -41,7 +43,7 @@ def get_config(arg=None):
     c.train.eval_every = 2_000
     c.train.checkpoint_every = 1_000
     c.train.loss_threshold = 0.0
-    if arg == "smoke":
+    if smoke:
         defaults.smoke(c)
         c.data.resolution = 16
         c.data.contour_length = 4

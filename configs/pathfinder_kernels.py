@@ -17,15 +17,13 @@ of batch 32, 512 test images. ``:smoke`` runs in seconds.
 
 from configs import pathfinder
 from experiments import ablations, defaults
+from experiments.validation import variants
 
 CACHED = ablations.register_cached("pathfinder")
 
 
 def get_config(arg=None):
-    args = set((arg or "").split(",")) - {""}
-    unknown = args - {"smoke", "cpu"}
-    if unknown:
-        raise ValueError(f"pathfinder_kernels: unknown args {sorted(unknown)}; valid: cpu, smoke")
+    args = variants(arg, ["cpu", "smoke"])
     c = pathfinder.get_config()
     c.seeds = (0, 1, 2)
     c.train.progress_bar = False

@@ -11,9 +11,11 @@ are similar): the step count here is set by that, not by d.
 """
 
 from experiments import defaults
+from experiments.validation import variants
 
 
 def get_config(arg=None):
+    smoke = "smoke" in variants(arg, ["smoke"])
     c = defaults.base_config()
     c.model.name = "theory"
     c.model.kernel = "softmax"
@@ -30,6 +32,6 @@ def get_config(arg=None):
     c.train.log_every = 20
     c.train.checkpoint_every = 500
     c.train.loss_threshold = 1e-3
-    if arg == "smoke":
+    if smoke:
         defaults.smoke(c)
     return c

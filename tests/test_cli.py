@@ -1,0 +1,423 @@
+"""``python -m experiments.run`` on bad input, --help and --show_config; config validation.
+
+Every bad input exits 2 with exactly one line on stderr naming the bad value, before JAX is
+imported (checked with ``-X importtime``), leaving an existing workdir byte-for-byte untouched.
+These subprocesses never import JAX, so each costs a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import itertools
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import jax
+import ml_collections
+import pytest
+
+from experiments import defaults, run, validation
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG_NAMES = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem[0] != "_")
+HEAVY_MODULES = ("jax", "jaxlib", "flax", "optax", "orbax")
+
+
+def cli(*args: str) -> tuple[subprocess.CompletedProcess, list[str], set[str]]:
+    """The process, its stderr lines (import-time report removed) and the modules it imported."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "experiments.run", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    lines, imported = [], set()
+    for line in result.stderr.splitlines():
+        if line.startswith("import time:"):
+            imported.add(line.rsplit("|", 1)[-1].strip().split(".")[0])
+        else:
+            lines.append(line)
+    return result, lines, imported
+
+
+def snapshot(root: pathlib.Path) -> dict:
+    """Every path under ``root`` with its bytes (files) and modification time."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None)
+        for p in sorted([root, *root.rglob("*")])
+    }
+
+
+@pytest.fixture(scope="module")
+def existing_workdir(tmp_path_factory) -> pathlib.Path:
+    """A workdir holding a run's files, which no rejected command may touch."""
+    workdir = tmp_path_factory.mktemp("existing")
+    (workdir / "config.json").write_text(json.dumps({"seeds": [0]}) + "\n")
+    (workdir / "metrics.jsonl").write_text('{"step": 0, "loss": 1.5}\n{"step": 5, "loss": 0.7}\n')
+    (workdir / "checkpoints" / "5").mkdir(parents=True)
+    (workdir / "checkpoints" / "5" / "state").write_bytes(os.urandom(64))
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def dict_config(tmp_path_factory) -> pathlib.Path:
+    path = tmp_path_factory.mktemp("configs") / "returns_dict.py"
+    path.write_text("def get_config(arg=None):\n    return {'seeds': (0,)}\n")
+    return path
+
+
+MAIN = "--config=configs/qk_frozen.py"
+ENCODER = ["--config.model.name=encoder", "--config.model.embed_dim=12"]
+BAD_INPUTS = {  # case: (arguments, words the error line must contain)
+    "unknown variant": (["--config=configs/qk_frozen.py:nope"], ["'nope'", "smoke"]),
+    "get_config returns a dict": (["--config={dict_config}"], ["returns_dict.py", "dict"]),
+    "learning rate inf": ([MAIN, "--config.train.learning_rate=inf"], ["learning_rate", "inf"]),
+    "learning rate nan": ([MAIN, "--config.train.learning_rate=nan"], ["learning_rate", "nan"]),
+    "learning rate negative": ([MAIN, "--config.train.learning_rate=-1"], ["learning_rate", "-1"]),
+    "dropout 1.5": ([MAIN, "--config.model.dropout_rate=1.5"], ["dropout_rate", "1.5", "[0, 1)"]),
+    "negative warmup": ([MAIN, "--config.train.warmup_steps=-10"], ["warmup_steps", "-10"]),
+    "zero num_steps": ([MAIN, "--config.train.num_steps=0"], ["num_steps", "0"]),
+    "encoder heads": (
+        [MAIN, *ENCODER, "--config.model.num_heads=5"],
+        ["embed_dim=12", "num_heads=5", "[1, 2, 3, 4, 6, 12]"],
+    ),
+    "theory heads": ([MAIN, "--config.model.num_heads=3"], ["num_heads=3", "[1, 2, 4]"]),
+    "unknown kernel": ([MAIN, "--config.model.kernel=gausian"], ["'gausian'", "'gaussian'"]),
+    "fast path of a general kernel": (
+        [MAIN, "--config.model.kernel=linear", "--config.model.implementation=fast"],
+        ["'fast'", "'linear'", "softmax", "explicit"],
+    ),
+    "blockwise path of a general kernel": (
+        [
+            MAIN,
+            "--config.model.kernel=gaussian_unnormalized",
+            "--config.model.implementation=blockwise",
+        ],
+        ["'blockwise'", "'gaussian_unnormalized'", "softmax"],
+    ),
+    "unknown field": ([MAIN, "--config.model.kernl=gaussian"], ["kernl", "kernel"]),
+    "wrong type": ([MAIN, "--config.train.learning_rate=fast"], ["learning_rate", "fast"]),
+    "missing config file": (
+        ["--config=configs/no_such_config.py"],
+        ["no_such_config.py", "configs/qk_frozen.py"],
+    ),
+    "minibatch larger than the data set": (
+        [MAIN, "--config.data.batch_size=5"],
+        ["batch_size=5", "num_samples=4"],
+    ),
+    "repeated seeds": ([MAIN, "--config.seeds=(3,3)"], ["seeds", "(3, 3)"]),
+    "init_from missing": (
+        [MAIN, "--config.train.init_from=/no/such/run"],
+        ["init_from", "/no/such/run"],
+    ),
+    "unknown flag": ([MAIN, "--worksdir=x"], ["worksdir"]),
+    "stray argument": ([MAIN, "configs/qk_frozen.py"], ["configs/qk_frozen.py"]),
+    "no config": (["--workdir=x"], ["--config"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_exits_2_with_one_line_before_jax(case, existing_workdir, dict_config):
+    args, must_mention = BAD_INPUTS[case]
+    args = [a.format(dict_config=dict_config) for a in args]
+    before = snapshot(existing_workdir)
+    result, lines, imported = cli(*args, f"--workdir={existing_workdir}")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    for word in must_mention:
+        assert word in lines[0], (word, lines[0])
+    assert result.stdout == ""
+    assert not imported & set(HEAVY_MODULES), sorted(imported & set(HEAVY_MODULES))
+    assert snapshot(existing_workdir) == before
+
+
+def test_missing_config_lists_only_config_files():
+    _, lines, _ = cli("--config=configs/no_such_config.py")
+    assert "__init__" not in lines[0]
+    listed = lines[0].split("available: ", 1)[1]
+    assert all(f"configs/{name}.py" in listed for name in CONFIG_NAMES)
+
+
+def test_available_configs_skip_package_and_private_files(tmp_path):
+    for name in ("__init__.py", "_helpers.py", "b.py", "a.py", "notes.txt"):
+        (tmp_path / name).write_text("")
+    assert run.available_configs(tmp_path) == [str(tmp_path / "a.py"), str(tmp_path / "b.py")]
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h", "--helpfull"])
+def test_help_exits_0_with_flags_and_how_to_list_fields(flag, existing_workdir):
+    before = snapshot(existing_workdir)
+    result, lines, imported = cli(flag, MAIN, f"--workdir={existing_workdir}")
+    assert result.returncode == 0 and lines == [], result.stderr[-2000:]
+    for text in ("usage:", "--config=FILE", "--config.FIELD=VALUE", "--workdir", "--show_config"):
+        assert text in result.stdout, text
+    assert "configs/qk_frozen.py" in result.stdout
+    assert ("--flagfile" in result.stdout) == (flag == "--helpfull")  # absl's own flags
+    assert not imported & set(HEAVY_MODULES)
+    assert snapshot(existing_workdir) == before
+
+
+def flatten(config, prefix: str = "") -> dict:
+    out = {}
+    for key in config.keys():
+        value = config[key]
+        if isinstance(value, ml_collections.ConfigDict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_show_config_prints_every_field_with_value_and_comment(existing_workdir):
+    before = snapshot(existing_workdir)
+    override = "--config.model.kernel=gaussian"
+    result, lines, imported = cli(
+        f"{MAIN}:smoke", override, "--show_config", f"--workdir={existing_workdir}"
+    )
+    assert result.returncode == 0 and lines == [], result.stderr[-2000:]
+    printed = dict(line.split(" = ", 1) for line in result.stdout.splitlines())
+    expected = flatten(importlib.import_module("configs.qk_frozen").get_config("smoke"))
+    expected["model.kernel"] = "gaussian"
+    assert set(printed) == set(expected)
+    for field, value in expected.items():
+        assert printed[field].split("  # ")[0].rstrip() == repr(value), field
+    # Comments come from the schema's source lines, e.g. `c.model.kernel = ...  # <comment>`.
+    source = pathlib.Path(defaults.__file__).read_text()
+    kernel_line = next(line for line in source.splitlines() if "c.model.kernel =" in line)
+    assert printed["model.kernel"].endswith("# " + kernel_line.split("# ", 1)[1])
+    assert not imported & set(HEAVY_MODULES)
+    assert snapshot(existing_workdir) == before
+
+
+def test_show_config_takes_data_comments_from_the_data_sets_default_config():
+    from attn_dynamics.data import order
+
+    described = run.describe_config(order_task())
+    line = next(line for line in described.splitlines() if line.startswith("data.num_tokens = "))
+    source = pathlib.Path(order.__file__).read_text()
+    schema = next(line for line in source.splitlines() if "d.num_tokens =" in line)
+    assert line.endswith("# " + schema.split("# ", 1)[1])
+
+
+# --------------------------------------------------------------------------------------------
+# Variants of every config file
+
+
+def config_module(name: str):
+    return importlib.import_module(f"configs.{name}")
+
+
+def valid_variants(name: str) -> list[str]:
+    """The variants ``name``'s rejection of an unknown one lists."""
+    with pytest.raises(ValueError) as error:
+        config_module(name).get_config("nope")
+    return error.value.args[0].split("valid variants: ", 1)[1].split(", ")
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_every_config_rejects_an_unknown_variant_with_the_valid_ones(name):
+    with pytest.raises(ValueError, match="'nope'") as error:
+        config_module(name).get_config("smoke,nope")
+    message = str(error.value)
+    assert "\n" not in message and "valid variants: " in message
+    assert "smoke" in valid_variants(name)
+
+
+def run_config(name: str, variant: str | None):
+    config = config_module(name).get_config(variant)
+    return config.run if name == "landscape" else config  # landscape trains config.run
+
+
+def sweep_cells(name: str, base) -> list:
+    axes = getattr(config_module(name), "get_sweep", dict)()
+    cells = []
+    for values in itertools.product(*axes.values()):
+        cell = copy.deepcopy(base)
+        for field, value in zip(axes, values, strict=True):
+            *parents, leaf = field.split(".")
+            node = cell
+            for key in parents:
+                node = node[key]
+            node[leaf] = value
+        cells.append(cell)
+    return cells
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_every_shipped_config_variant_and_sweep_cell_validates(name):
+    for variant in [None, *valid_variants(name)]:
+        for cell in sweep_cells(name, run_config(name, variant)):
+            validation.validate(cell)
+
+
+def test_variants_parse_combinations_and_exclusions():
+    assert validation.variants(None, ["smoke"]) == set()
+    assert validation.variants(" cpu, smoke ", ["cpu", "smoke"]) == {"cpu", "smoke"}
+    with pytest.raises(validation.ConfigError, match="'gpu'.*valid variants: cpu, smoke"):
+        validation.variants("smoke,gpu", ["smoke", "cpu"])
+    with pytest.raises(validation.ConfigError, match="exclude each other"):
+        validation.variants("a,b", ["a", "b", "smoke"], exclusive=["a", "b"])
+    with pytest.raises(validation.ConfigError, match="none"):
+        validation.variants("smoke", [])
+
+
+# --------------------------------------------------------------------------------------------
+# validate() in process: the checks the CLI table does not reach, and agreement with the code
+# it stands in for
+
+
+def smoke_config(name: str, **fields):
+    """``configs/<name>.py:smoke`` with ``section__field=value`` overrides."""
+    config = config_module(name).get_config("smoke")
+    for field, value in fields.items():
+        *parents, leaf = field.split("__")
+        node = config
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return config
+
+
+def qk_frozen(**fields):
+    return smoke_config("qk_frozen", **fields)
+
+
+def order_task(**fields):
+    return smoke_config("order_task", **fields)
+
+
+REJECTED = {  # case: (config, words of the message)
+    "bool seed": (lambda: qk_frozen(seeds=(True,)), ["seeds"]),
+    "no seeds": (lambda: qk_frozen(seeds=()), ["seeds"]),
+    "minibatch beyond a generated pool": (
+        lambda: order_task(data__train_size=6, data__batch_size=8),
+        ["batch_size=8", "train_size=6"],
+    ),
+    "zero minibatch": (lambda: order_task(data__batch_size=0), ["batch_size", "0"]),
+    "zero eval batch": (lambda: order_task(data__eval_batch_size=0), ["eval_batch_size"]),
+    "unknown position": (lambda: order_task(model__position="rope"), ["'rope'", "'floater'"]),
+    "unknown pooling": (lambda: order_task(model__pooling="max"), ["'max'", "'cls'"]),
+    "floater solver": (
+        lambda: order_task(model__position="floater", model__floater__solver="euler"),
+        ["'euler'", "'rk4'"],
+    ),
+    "floater dt": (lambda: order_task(model__position="floater", model__floater__dt=0.0), ["dt"]),
+    "unknown data set": (
+        lambda: qk_frozen(data__name="mnist"),
+        ["'mnist'", "'synthetic_regression'"],
+    ),
+    "theory on classification data": (
+        lambda: order_task(model__name="theory"),
+        ["theory", "order_lookback"],
+    ),
+    "negative sigma2": (lambda: qk_frozen(model__sigma2=-1.0), ["sigma2", "-1.0"]),
+    "infinite clip norm": (lambda: qk_frozen(train__grad_clip_norm=math.inf), ["grad_clip_norm"]),
+    "optimizer not a string": (lambda: qk_frozen(train__optimizer=None), ["optimizer", "None"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REJECTED))
+def test_validate_rejects(case):
+    make_config, must_mention = REJECTED[case]
+    with pytest.raises(validation.ConfigError) as error:
+        validation.validate(make_config())
+    message = str(error.value)
+    assert "\n" not in message
+    for word in must_mention:
+        assert word in message, (word, message)
+
+
+def test_validate_is_not_a_run_config():
+    with pytest.raises(validation.ConfigError, match="no field 'model'"):
+        validation.validate(ml_collections.ConfigDict({"seeds": (0,)}))
+
+
+def test_init_from_needs_a_checkpoint_step(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(validation.ConfigError, match="holds no checkpoint"):
+        validation.validate(qk_frozen(train__init_from=str(tmp_path)))
+    (tmp_path / "checkpoints" / "20").mkdir()
+    validation.validate(qk_frozen(train__init_from=str(tmp_path)))
+    validation.validate(qk_frozen(train__init_from=str(tmp_path / "checkpoints")))
+
+
+def test_builtin_names_are_what_a_fresh_process_registers():
+    """The built-in tuples stand in for registries that import JAX: they must match them."""
+    code = textwrap.dedent(
+        """
+        import json
+        from attn_dynamics import attention, data, floater, kernels, position
+        print(json.dumps({
+            "kernels": kernels.names(),
+            "softmax_form": [n for n in kernels.names() if kernels.lookup(n).softmax_form],
+            "positions": position.names(),
+            "datasets": data.names(),
+            "implementations": list(attention.IMPLEMENTATIONS),
+            "floater": [list(floater.INJECTIONS), list(floater.SOLVERS), list(floater.ADJOINTS)],
+        }))
+        """
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, check=True
+    )
+    registered = json.loads(out.stdout)
+    v = validation
+    assert registered["kernels"] == sorted(v.BUILTIN_KERNELS)
+    assert registered["softmax_form"] == sorted(v.SOFTMAX_FORM_KERNELS)
+    assert registered["positions"] == sorted(v.BUILTIN_POSITIONS)
+    assert registered["datasets"] == sorted(v.BUILTIN_DATASETS)
+    assert registered["implementations"] == list(v.IMPLEMENTATIONS)
+    assert registered["floater"] == [
+        list(v.FLOATER_INJECTIONS),
+        list(v.FLOATER_SOLVERS),
+        list(v.FLOATER_ADJOINTS),
+    ]
+
+
+def test_a_registered_kernel_is_accepted_once_the_registry_is_loaded(monkeypatch):
+    from attn_dynamics import kernels
+
+    custom = kernels.Kernel("my_cosine", kernels.get("linear"))
+    monkeypatch.setitem(kernels._REGISTRY, "my_cosine", custom)
+    validation.validate(qk_frozen(model__kernel="my_cosine"))
+    with pytest.raises(validation.ConfigError, match="softmax-form"):
+        validation.validate(qk_frozen(model__kernel="my_cosine", model__implementation="fast"))
+
+
+@pytest.mark.parametrize(
+    "dim, out_dim, heads, output_projection",
+    [(8, 4, 2, False), (8, 4, 8, False), (6, 4, 3, False), (6, 4, 3, True), (6, 3, 3, False)],
+)
+def test_theory_head_check_agrees_with_the_model(dim, out_dim, heads, output_projection):
+    """validate() accepts exactly the head counts TheoryModel can be built with."""
+    from attn_dynamics import models
+
+    config = qk_frozen(
+        model__dim=dim,
+        model__out_dim=out_dim,
+        model__num_heads=heads,
+        model__output_projection=output_projection,
+    )
+    model = models.TheoryModel(
+        dim=dim, out_dim=out_dim, num_heads=heads, output_projection=output_projection
+    )
+    try:
+        jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((2, 3, dim), "f4"))
+        builds = True
+    except ValueError:
+        builds = False
+    try:
+        validation.validate(config)
+        accepted = True
+    except validation.ConfigError:
+        accepted = False
+    assert accepted == builds
