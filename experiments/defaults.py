@@ -47,14 +47,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict()
     c.train.trainable = "QKV"  # letters of the trained attention matrices, or 're:<regex>'
     c.train.trainable_layers = config_dict.placeholder(tuple)  # letter spec on these blocks only
-    c.train.optimizer = "gd"  # 'gd' | 'sgd' | 'momentum' | 'adam' | 'adamw'
+    # Any optax optimiser by name, with its keyword arguments (the learning rate comes from
+    # `learning_rate`); aliases: 'gd' (full batch), 'sgd', 'momentum', 'adam', 'adamw'.
+    c.train.optimizer = "gd"
+    c.train.optimizer_kwargs = ml_collections.ConfigDict()  # e.g. {'b1': 0.95} for 'lion'
     c.train.learning_rate = 0.1
-    c.train.schedule = "constant"  # 'constant' | 'cosine' | 'warmup_cosine' | 'linear'
+    # 'constant' | 'cosine' | 'warmup_cosine' | 'linear' | any optax schedule by name
+    c.train.schedule = "constant"
+    c.train.schedule_kwargs = ml_collections.ConfigDict()  # beyond peak value and length
     c.train.warmup_steps = 0
-    c.train.momentum = 0.9  # for 'momentum'
-    c.train.b1 = 0.9
-    c.train.b2 = 0.999
-    c.train.weight_decay = 0.0  # for 'adamw'
     c.train.grad_clip_norm = config_dict.placeholder(float)
     c.train.num_steps = 1000
     c.train.log_every = 10
@@ -62,10 +63,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 500
     c.train.keep_checkpoints = 3
     c.train.loss_threshold = 1e-3  # "converged": loss <= threshold * initial loss
+    # second criterion: loss <= baseline_threshold * the best constant predictor's loss
+    c.train.baseline_threshold = 1e-3
+    c.train.sharpness_every = 0  # top Hessian eigenvalue every k steps (0: off)
     c.train.stop_at_threshold = False  # stop once every seed reached the threshold
     c.train.init_from = config_dict.placeholder(str)  # checkpoint dir to warm-start params from
     c.train.progress_bar = True
     c.train.deterministic_gpu = False  # --xla_gpu_deterministic_ops=true (opt-in, logged)
+
+    # Devices: a ('seeds', 'data') mesh; 0 = chosen from the device count, seeds and batch.
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.seeds = 0
+    c.mesh.data = 0
     return c
 
 

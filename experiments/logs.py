@@ -43,47 +43,71 @@ def summarize(
     outcome: dict,
     seeds,
     *,
-    status: str,
+    interrupted: bool,
     final_step: int,
     loss_threshold: float,
+    baseline_loss: float | None,
+    baseline_threshold: float,
     evaluation: dict,
     **extra,
 ) -> dict:
-    """summary.json: run-level figures and one record per seed from the tracked outcome."""
+    """summary.json: run-level figures and one record per seed from that seed's own outcome.
+
+    A seed is ``diverged`` (at ``diverged_at``), ``interrupted`` or ``done``; the run is
+    ``diverged`` only when every seed diverged, and says how many did otherwise. Two
+    convergence criteria are reported per seed: ``steps_to_threshold`` (loss <=
+    ``loss_threshold x`` its initial loss) and ``steps_to_baseline`` (loss <=
+    ``baseline_threshold x`` the loss of the best constant predictor, which a near-trivial fit
+    cannot meet).
+    """
+    alive = np.asarray(outcome["alive"])
     per_seed = []
     for i, seed in enumerate(seeds):
         initial, last = _float(outcome["initial_loss"][i]), _float(outcome["last_loss"][i])
-        hit, diverged = int(outcome["threshold_step"][i]), int(outcome["diverged_at"][i])
+        status = "diverged" if not alive[i] else ("interrupted" if interrupted else "done")
         per_seed.append(
             {
                 "seed": seed,
-                "status": status if outcome["alive"][i] else "diverged",
+                "status": status,
                 "initial_loss": initial,
                 "final_loss": last,
                 "min_loss": _float(outcome["min_loss"][i]),
                 "relative_final_loss": _ratio(last, initial),
-                "steps_to_threshold": hit if hit >= 0 else None,
-                "diverged_at": diverged if diverged >= 0 else None,
+                "baseline_relative_final_loss": _ratio(last, baseline_loss),
+                "steps_to_threshold": _step(outcome["threshold_step"][i]),
+                "steps_to_baseline": _step(outcome["baseline_step"][i]),
+                "diverged_at": _step(outcome["diverged_at"][i]),
                 **{
-                    f"eval/{split}/{k}": v[i]
+                    f"eval/{split}/{k}": _float(v[i])
                     for split, d in evaluation.items()
                     for k, v in d.items()
                 },
             }
         )
-    finals = [s["final_loss"] for s in per_seed if s["final_loss"] is not None]
+    finals = [s["final_loss"] for s in per_seed if s["status"] != "diverged"]
+    fraction = lambda key: float(np.mean([s[key] is not None for s in per_seed]))
+    run_status = "interrupted" if interrupted else "done"
+    if not alive.any():
+        run_status = "diverged"
     return {
-        "status": status,
+        "status": run_status,
+        "num_seeds": len(per_seed),
+        "num_diverged": int((~alive).sum()),
         "final_step": final_step,
         "loss_threshold": loss_threshold,
+        "baseline_loss": baseline_loss,
+        "baseline_threshold": baseline_threshold,
         "final_loss": float(np.mean(finals)) if finals else None,
-        "fraction_converged": float(
-            np.mean([s["steps_to_threshold"] is not None for s in per_seed])
-        ),
-        "evaluation": evaluation,
+        "fraction_converged": fraction("steps_to_threshold"),
+        "fraction_converged_baseline": fraction("steps_to_baseline"),
+        "evaluation": _finite_tree(evaluation),
         **extra,
         "seeds": per_seed,
     }
+
+
+def _step(x) -> int | None:
+    return int(x) if int(x) >= 0 else None
 
 
 def _float(x) -> float | None:
@@ -95,23 +119,52 @@ def _ratio(a, b):
     return None if a is None or b in (None, 0) else a / b
 
 
-class MetricWriter:
-    """metrics.jsonl (one object per logged step) and TensorBoard events (no TensorFlow)."""
+def _finite_tree(tree):
+    """Non-finite floats as ``None``: summary.json stays valid JSON."""
+    if isinstance(tree, dict):
+        return {k: _finite_tree(v) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return [_finite_tree(v) for v in tree]
+    return _float(tree) if isinstance(tree, float | np.floating) else tree
 
-    def __init__(self, workdir: pathlib.Path, seeds, *, truncate_after: int):
+
+def dumps(record: dict) -> str:
+    """One JSON line; non-finite numbers become ``null`` and are named under ``nonfinite``."""
+    bad = sorted(k for k, v in record.items() if _is_nonfinite(v))
+    if bad:
+        record = {**_finite_tree(record), "nonfinite": bad}
+    return json.dumps(record, allow_nan=False)
+
+
+def _is_nonfinite(v) -> bool:
+    if isinstance(v, list):
+        return any(_is_nonfinite(x) for x in v)
+    return isinstance(v, float) and not np.isfinite(v)
+
+
+class MetricWriter:
+    """metrics.jsonl (one object per logged step) and TensorBoard events (no TensorFlow).
+
+    On resume, rows the restored state will regenerate are dropped: training rows of steps
+    ``>= start`` and evaluation rows stamped ``> start`` (an evaluation after ``start`` steps
+    was written before that checkpoint and is not redone). Torn lines are dropped too.
+    """
+
+    def __init__(self, workdir: pathlib.Path, seeds, *, start: int):
         self.path = workdir / "metrics.jsonl"
         self.seeds = list(seeds)
-        _truncate(self.path, truncate_after)
+        self.kept = _truncate(self.path, start)
         self.file = self.path.open("a")
         from tensorboardX import SummaryWriter
 
         self.tb = SummaryWriter(str(workdir / "tensorboard"), flush_secs=30)
 
+    def has_eval(self, step: int) -> bool:
+        return any(r.get("eval") and r["step"] == step for r in self.kept)
+
     def write(self, step: int, metrics: dict, *, alive: np.ndarray) -> None:
         record: dict = {"step": int(step)}
         for name, values in metrics.items():
-            if name == "finite":
-                continue
             values = np.asarray(values, np.float64)
             live = values[alive] if alive.any() else values
             record[name] = float(np.mean(live))
@@ -134,30 +187,60 @@ class MetricWriter:
         self._append(record)
 
     def _append(self, record: dict) -> None:
-        self.file.write(json.dumps(record) + "\n")
+        self.file.write(dumps(record) + "\n")
         self.file.flush()
+
+    def sync(self) -> None:
+        """Make every written row durable (before a checkpoint that counts on them)."""
+        self.file.flush()
+        os.fsync(self.file.fileno())
 
     def close(self) -> None:
         self.file.close()
         self.tb.close()
 
 
-def _truncate(path: pathlib.Path, keep_before: int) -> None:
-    """Drop records of steps >= keep_before (a resumed run regenerates them) and torn lines.
+class NullWriter:
+    """What a process other than 0 writes: nothing (process 0 writes the run's files)."""
 
-    Evaluation records are stamped with the number of steps done (the final one with the
-    final step), so they follow the same rule."""
+    kept: list = []
+
+    def has_eval(self, step: int) -> bool:
+        return True
+
+    def write(self, *a, **k) -> None:
+        pass
+
+    write_eval = write
+
+    def sync(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def missing_rows(kept: list[dict], expected_steps) -> list[int]:
+    """Logged steps that a resumed run expects before its start and the file lacks."""
+    have = {r["step"] for r in kept if not r.get("eval")}
+    return sorted(set(expected_steps) - have)
+
+
+def _truncate(path: pathlib.Path, start: int) -> list[dict]:
     if not path.exists():
-        return
-    kept = []
+        return []
+    kept, lines = [], []
     for line in path.read_text().splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line torn by a kill mid-write
-        if record.get("step", 0) < keep_before:
-            kept.append(line)
-    path.write_text("".join(f"{line}\n" for line in kept))
+        step = record.get("step", 0)
+        if step < start or (record.get("eval") and step == start):
+            kept.append(record)
+            lines.append(line)
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return kept
 
 
 def read_metrics(workdir: pathlib.Path) -> list[dict]:
@@ -167,43 +250,42 @@ def read_metrics(workdir: pathlib.Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-class _NoProgress:
-    def update(self, n: int) -> None:
-        pass
-
-    def set_postfix(self, **kw) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def progress_bar(enabled: bool, start: int, total: int):
-    if not enabled:
-        return _NoProgress()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+    return tqdm(
+        total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
+        disable=not enabled,
+    )  # fmt: skip
 
 
-def plot_curves(workdir: pathlib.Path) -> None:
-    """``curves.png``: loss per seed (log scale) and the training-dynamics norms."""
+def plot_curves(workdir: pathlib.Path, learning_rate: float | None = None) -> None:
+    """``curves.png``: loss per seed (log scale), the training-dynamics norms, and where logged
+    sigma_min(Phi) and the sharpness against ``2 / learning_rate`` (the edge of stability)."""
     from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
 
     records = [r for r in read_metrics(workdir) if not r.get("eval")]
     if not records:
         return
-    steps = np.array([r["step"] for r in records])
     panels = [("loss", True), ("grad_norm", True), ("dist_from_init", False)]
-    if "sigma_min_attention_output" in records[0]:
-        panels.append(("sigma_min_attention_output", False))
+    panels += [
+        (name, name == "sharpness")
+        for name in ("sigma_min_attention_output", "sharpness")
+        if any(name in r for r in records)
+    ]
     fig = Figure(figsize=(4.2 * len(panels), 3.4))
     axes = fig.subplots(1, len(panels))
     for ax, (name, log) in zip(np.atleast_1d(axes), panels, strict=True):
-        per_seed = [r.get(f"{name}/seeds") for r in records]
-        if per_seed[0] is not None:
-            ax.plot(steps, np.array(per_seed), lw=0.7, alpha=0.5)
-        ax.plot(steps, [r[name] for r in records], color="black", lw=1.6, label="mean")
+        rows = [r for r in records if r.get(name) is not None]
+        steps = [r["step"] for r in rows]
+        if rows and f"{name}/seeds" in rows[0]:
+            per_seed = np.array([[np.nan if v is None else v for v in r[f"{name}/seeds"]]
+                                 for r in rows])  # fmt: skip
+            ax.plot(steps, per_seed, lw=0.7, alpha=0.5)
+        ax.plot(steps, [r[name] for r in rows], color="black", lw=1.6, label="mean")
+        if name == "sharpness" and learning_rate:
+            ax.axhline(2 / learning_rate, color="red", ls="--", lw=1, label="2 / lr")
+            ax.legend(fontsize=8)
         ax.set_title(name)
         ax.set_xlabel("step")
         if log:

@@ -1,0 +1,147 @@
+"""What the training loop does besides stepping, each with its own cadence.
+
+Two kinds, in the manner of init2winit's callbacks:
+
+* a :class:`Metric` adds figures to the logged row of a step. It sees the parameters *at* that
+  step (before its update) and the step's batch, returns per-seed arrays, and runs only on the
+  steps it is due (``step % every == 0`` and the last step); the host fetches its result one
+  logged step late, with the row. Theory quantities and sharpness are metrics.
+* a :class:`Hook` acts on the run after a step (evaluate, checkpoint, stop, anything a user
+  passes to ``train_and_evaluate(..., hooks=...)``); it is due after ``every`` steps.
+
+Order after a step: the hooks in the order given; a stop request is honoured only after them,
+so an evaluation or checkpoint that was due is never skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import jax
+import numpy as np
+
+from attn_dynamics import diagnostics, freezing
+
+if TYPE_CHECKING:
+    from experiments.train import Run
+
+PerSeed = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """``fn(trainable, frozen, batch) -> {name: [seeds]}``, added to the rows it is due on."""
+
+    name: str
+    every: int
+    fn: Callable[[Any, dict], PerSeed]
+
+    def due(self, step: int, last: bool) -> bool:
+        return self.every > 0 and (step % self.every == 0 or last)
+
+
+class Hook(Protocol):
+    every: int  # due after every `every` steps (0: never during training)
+
+    def __call__(self, run: Run) -> None: ...
+
+
+def due(hook: Hook, done: int) -> bool:
+    return hook.every > 0 and done % hook.every == 0
+
+
+class MetricLog:
+    """Rows of ``metrics.jsonl``, each fetched one logged step late so the host never stalls
+    the device; :meth:`flush` forces the pending row out (before a checkpoint, at the end)."""
+
+    def __init__(self, writer, metrics: tuple[Metric, ...], log_every: int, progress=None):
+        self.writer, self.metrics, self.log_every = writer, metrics, log_every
+        self.progress = progress
+        self.pending = None
+
+    def due(self, step: int, last: bool) -> bool:
+        return step % self.log_every == 0 or last or any(m.due(step, last) for m in self.metrics)
+
+    def extra(self, step: int, last: bool, trainable, frozen, batch) -> dict:
+        """The due metrics, dispatched now (asynchronously) on the parameters at ``step``."""
+        out = {}
+        for m in self.metrics:
+            if m.due(step, last):
+                out.update(m.fn(trainable, frozen, batch))
+        return out
+
+    def push(self, step: int, row: dict) -> None:
+        self.flush()
+        self.pending = (step, row)
+
+    def flush(self, *, durable: bool = False) -> None:
+        if self.pending is not None:
+            step, row = self.pending
+            self.pending = None
+            host = jax.device_get(row)
+            alive = np.asarray(host.pop("alive"))
+            self.writer.write(step, host, alive=alive)
+            if self.progress is not None:
+                live = np.asarray(host["loss"])[alive]
+                self.progress.set_postfix(loss=f"{np.mean(live) if live.size else np.nan:.3e}")
+        if durable:
+            self.writer.sync()
+
+
+@dataclasses.dataclass
+class Evaluate:
+    """An evaluation row after every ``every`` steps (the final one is the run's own)."""
+
+    every: int
+
+    def __call__(self, run: Run) -> None:
+        if run.done < run.num_steps:
+            run.writer.write_eval(run.done, run.evaluate(run.params()))
+
+
+@dataclasses.dataclass
+class SaveCheckpoint:
+    """A checkpoint after every ``every`` steps, committed only once every row before it is
+    durably in ``metrics.jsonl`` (a kill between the two can then never lose a row)."""
+
+    every: int
+
+    def __call__(self, run: Run) -> None:
+        run.log.flush(durable=True)
+        run.ckpt.save(run.done, run.state, run.frozen)
+
+
+@dataclasses.dataclass
+class StopAtThreshold:
+    """Stop once every live seed has reached the loss threshold (``train.stop_at_threshold``)."""
+
+    every: int = 1
+
+    def __call__(self, run: Run) -> None:
+        o = jax.device_get(run.state.outcome)
+        if np.all((o["threshold_step"] >= 0) | ~o["alive"]):
+            run.stop_reason = "threshold"
+
+
+def sharpness_metric(loss_fn: Callable, every: int, num_iters: int = 20) -> Metric:
+    """The top Hessian eigenvalue of the training loss w.r.t. the trained parameters, per seed,
+    on the step's batch (power iteration on Hessian-vector products, never the Hessian itself).
+    Drawn against ``2 / learning_rate`` it shows the edge of stability."""
+
+    def one_seed(trainable, frozen, batch, key):
+        loss = lambda t: loss_fn(freezing.merge(t, frozen), batch, key)[0]
+        return diagnostics.top_hessian_eigenvalue(loss, trainable, key, num_iters=num_iters)[0]
+
+    per_seed = jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None, 0)))
+
+    def fn(trainable, frozen, batch):
+        num_seeds = jax.tree_util.tree_leaves(trainable)[0].shape[0]
+        return {"sharpness": per_seed(trainable, frozen, batch, _keys(num_seeds))}
+
+    return Metric("sharpness", every, fn)
+
+
+def _keys(n: int) -> jax.Array:
+    return jax.random.split(jax.random.key(0), n)  # fixed start vectors: reruns agree

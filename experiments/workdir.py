@@ -1,0 +1,99 @@
+"""A run's workdir: exclusive ownership and the record of which config it holds.
+
+The lock is an ``flock`` on ``<workdir>/.lock``: the kernel releases it when its holder dies, so a
+lock left by a killed run is never stale, and the file only tells who held it last (pid, host).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import pathlib
+import socket
+from collections.abc import Iterator
+
+# Fields that may differ when an existing workdir is resumed (they do not change the run).
+RESUMABLE_CHANGES = ("train.num_steps", "train.progress_bar", "train.stop_at_threshold")
+
+
+class WorkdirError(ValueError):
+    """The workdir cannot be used as asked (one line: what and how to fix it)."""
+
+
+@contextlib.contextmanager
+def locked(workdir: pathlib.Path) -> Iterator[None]:
+    """Hold ``workdir`` exclusively; a second process gets a WorkdirError naming the holder."""
+    path = workdir / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
+            raise WorkdirError(
+                f"workdir {str(workdir)!r} is in use by {holder}; wait for it to finish or use "
+                "another --workdir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def ensure_writable(workdir: pathlib.Path) -> None:
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / f".write-probe-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise WorkdirError(f"workdir {str(workdir)!r} is not writable ({e.strerror})") from None
+
+
+def check_same_config(workdir: pathlib.Path, config_json: dict) -> None:
+    """If ``workdir`` holds a run, it must be a run of this config (else nothing is touched)."""
+    saved = workdir / "config.json"
+    if not saved.exists():
+        return
+    try:
+        before = json.loads(saved.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise WorkdirError(
+            f"{saved} is damaged (not JSON); if this workdir holds a run of this config, delete "
+            "that file and rerun to resume, else use a fresh --workdir"
+        ) from None
+    before, now = _flatten(before), _flatten(config_json)
+    changed = sorted(
+        k
+        for k in set(before) | set(now)
+        if before.get(k) != now.get(k) and k not in RESUMABLE_CHANGES
+    )
+    if changed:
+        raise WorkdirError(
+            f"workdir {str(workdir)!r} holds a run of another config (differs in "
+            f"{changed[:5]}); use a fresh --workdir or the same config to resume"
+        )
+
+
+def read_summary(workdir: pathlib.Path) -> dict | None:
+    """The finished run's summary, or None (absent or torn: the run regenerates it)."""
+    try:
+        return json.loads((workdir / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
