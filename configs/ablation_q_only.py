@@ -3,7 +3,7 @@
 Finding 3 of Song et al. (2024): with only W_Q trained, GD is guaranteed to reach the global
 optimum with the Gaussian kernel only; softmax can stall. For "global optimum" to mean zero loss
 the targets must be reachable by moving W_Q alone, so the data set here is
-``student_teacher_regression`` (``experiments/ablations.py``): the teacher *is* the student of
+``student_teacher_regression`` (``attn_dynamics/data/student_teacher.py``): the teacher *is* the student of
 the run's seed at initialisation (same W_K, same W_V, same kernel) with W_Q replaced by an
 independent draw of scale ``data.teacher_q_scale`` (3: a peakier attention than the student's).
 A teacher of that form needs the run to train one seed, so seeds are a sweep axis here (one
@@ -18,16 +18,16 @@ its own bandwidth, sigma^2 = d, and a sweep grid is a product):
     python -m experiments.sweep --config=configs/ablation_q_only.py \\
         --workdir=runs/abl_q/unnormalized --axis=model.kernel=gaussian_unnormalized \\
         --config.model.sigma2=64
-    python -m experiments.ablations q_only runs/abl_q
+    python -m experiments.measure sharpness runs/abl_q
+    python -m experiments.analyses q_only runs/abl_q
 
 With sigma^2 = sqrt(d) = 8 the un-normalised kernel is exp(-||q - k||^2 / 16) ~ exp(-8) for
 typical queries and keys here (||q - k||^2 ~ 2d): outputs and gradients vanish.
 ``:smoke`` runs seconds (20 steps, seeds 0 and 1).
 """
 
-from experiments import ablations, defaults
-
-ablations.register_student_teacher()  # the data set lives with the analysis code
+from attn_dynamics import data
+from experiments import defaults
 
 
 def get_config(arg=None):
@@ -40,7 +40,7 @@ def get_config(arg=None):
     c.model.kernel = "softmax"
     c.model.dim = 64
     c.model.out_dim = 4
-    c.data = ablations.student_teacher_default_config()
+    c.data = data.default_config("student_teacher_regression")
     c.data.num_samples = 4
     c.data.seq_len = 4
     c.data.dim = c.model.get_ref("dim")

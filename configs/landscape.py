@@ -11,7 +11,7 @@ eigenvalue (sharpness) at initialisation and after training.
 Args (comma separated):
 
 * default: Pathfinder generated at 16x16 (256 tokens), contour length 6, a pool of 4096
-  training images kept in memory, the paper's 2-layer encoder (embedding 64, MLP 128, 2
+  training images, the paper's 2-layer encoder (embedding 64, MLP 128, 2
   heads), Adam 1e-3, 1500 steps: a version a 2-core CPU trains in minutes; LRA's 32x32 /
   length-14 task is out of reach there.
 * ``theory``: the single-layer theory model of ``qkv_trained.py`` (all of Q, K, V trained).
@@ -23,7 +23,7 @@ Args (comma separated):
 import ml_collections
 
 from configs import ablation_q_only, pathfinder, qkv_trained
-from experiments import ablations, defaults
+from experiments import defaults
 from experiments.validation import variants
 
 
@@ -50,7 +50,6 @@ def get_config(arg=None):
         c.chunk = 64
     else:
         run = pathfinder.get_config()
-        run.data.name = ablations.register_cached("pathfinder")  # images drawn once, kept
         run.data.resolution = 16
         run.data.contour_length = 6
         run.data.train_size = 4096

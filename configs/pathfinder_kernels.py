@@ -10,16 +10,13 @@ and training loss vs steps (mean with a ±std band):
 Default: the LRA task size (32x32 = 1024 tokens, contour length 14, 20k steps of batch 64),
 a GPU job. ``:cpu`` is what a 2-core CPU trains in about half an hour for both kernels:
 16x16 images (256 tokens), contour length 6 (the easy difficulty), a pool of 4096 training
-images generated once and kept in memory (``pathfinder_cached``, see
-``experiments/ablations.py``; drawing images is otherwise the bottleneck on CPU), 600 steps
+images (each drawn again whenever it is used: drawing is the bottleneck on CPU), 600 steps
 of batch 32, 512 test images. ``:smoke`` runs in seconds.
 """
 
 from configs import pathfinder
-from experiments import ablations, defaults
+from experiments import defaults
 from experiments.validation import variants
-
-CACHED = ablations.register_cached("pathfinder")
 
 
 def get_config(arg=None):
@@ -28,7 +25,6 @@ def get_config(arg=None):
     c.seeds = (0, 1, 2)
     c.train.progress_bar = False
     if "cpu" in args:
-        c.data.name = CACHED
         c.data.resolution = 16
         c.data.contour_length = 6
         c.data.train_size = 4096
@@ -42,7 +38,6 @@ def get_config(arg=None):
     if "smoke" in args:
         defaults.smoke(c)
         c.train.checkpoint_every = 1_000
-        c.data.name = CACHED
         c.data.resolution = 16
         c.data.contour_length = 4
         c.model.max_len = 256
