@@ -4,8 +4,9 @@ Finding 3 of Song et al. (2024): with only W_Q trained, GD is guaranteed to reac
 optimum with the Gaussian kernel only; softmax can stall. For "global optimum" to mean zero loss
 the targets must be reachable by moving W_Q alone, so the data set here is
 ``student_teacher_regression`` (``attn_dynamics/data/student_teacher.py``): the teacher
-*is* the student of the run's seed at initialisation (same W_K, same W_V, same kernel) with W_Q replaced by an
-independent draw of scale ``data.teacher_q_scale`` (3: a peakier attention than the student's).
+*is* the student of the run's seed at initialisation (same W_K, same W_V, same kernel) with
+W_Q replaced by an independent draw of scale ``data.teacher_q_scale`` (3: a peakier attention
+than the student's).
 A teacher of that form needs the run to train one seed, so seeds are a sweep axis here (one
 run per seed; the analysis pools them).
 
