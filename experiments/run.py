@@ -13,6 +13,7 @@ import ast
 import datetime
 import importlib.util
 import io
+import os
 import pathlib
 import sys
 import textwrap
@@ -206,12 +207,22 @@ def parse(argv: list[str]):
         validation.validate(config)
     except validation.ConfigError as e:
         fail(str(e))
+    if config.train.get("deterministic_gpu", False):
+        set_xla_flag(validation.DETERMINISTIC_GPU_FLAG)
     workdir = _WORKDIR.value
     if workdir is None:
         name = pathlib.Path(spec.partition(":")[0]).stem
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         workdir = str(pathlib.Path("runs") / f"{name}-{stamp}")
     return config, workdir
+
+
+def set_xla_flag(flag: str) -> None:
+    """Add ``flag`` to XLA_FLAGS; it takes effect if no device computation ran yet (XLA reads
+    its flags when the backend starts, not when JAX is imported)."""
+    current = os.environ.get("XLA_FLAGS", "")
+    if flag not in current.split():
+        os.environ["XLA_FLAGS"] = f"{current} {flag}".strip()
 
 
 # --------------------------------------------------------------------------------------------

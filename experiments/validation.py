@@ -40,6 +40,9 @@ BUILTIN_DATASETS = (
 FLOATER_INJECTIONS = ("input", "every_layer", "qkv_bias")
 FLOATER_SOLVERS = ("rk4", "tsit5", "dopri5")
 FLOATER_ADJOINTS = ("recursive_checkpoint", "backsolve")
+# XLA reads its flags when the backend starts: the runner sets this one for
+# config.train.deterministic_gpu before anything runs on a device.
+DETERMINISTIC_GPU_FLAG = "--xla_gpu_deterministic_ops=true"
 
 
 class ConfigError(ValueError):

@@ -165,6 +165,25 @@ def test_help_exits_0_with_flags_and_how_to_list_fields(flag, existing_workdir):
     assert snapshot(existing_workdir) == before
 
 
+def test_deterministic_gpu_sets_xla_flags_before_jax_starts():
+    code = (
+        "import os, sys; from experiments import run; "
+        "run.parse(sys.argv); print(os.environ['XLA_FLAGS']); print('jax' in sys.modules)"
+    )
+    args = [MAIN, "--config.train.deterministic_gpu=True", "--workdir=unused"]
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "XLA_FLAGS": "--xla_dump_to=/tmp/x"},
+        check=True,
+    )
+    xla_flags, jax_loaded = out.stdout.splitlines()
+    assert xla_flags.split() == ["--xla_dump_to=/tmp/x", validation.DETERMINISTIC_GPU_FLAG]
+    assert jax_loaded == "False"
+
+
 def flatten(config, prefix: str = "") -> dict:
     out = {}
     for key in config.keys():
