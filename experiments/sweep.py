@@ -1,139 +1,140 @@
-"""Run a grid of configs into one directory tree; rerunning skips finished cells.
+"""Run a grid of configs into one directory tree: ``python -m experiments.sweep``.
 
-    python -m experiments.sweep --config=configs/ablation_kernel_subsets.py --workdir=runs/abl
-    python -m experiments.sweep --config=configs/qk_frozen.py \
+    python -m experiments.sweep --config=configs/qk_frozen.py --workdir=runs/grid \\
         --axis=model.kernel=softmax,gaussian --axis=train.trainable=QKV,V,Q
+    python -m experiments.sweep ... --parallel=4                  # 4 cells at once, here
+    python -m experiments.sweep ... --executor=slurm --slurm_partition=gpu --slurm_time=120
 
 The grid is the product of the config file's ``get_sweep()`` axes (if it defines one) and the
-``--axis`` flags (which replace an axis of the same name). Seeds are not an axis: every cell
-trains ``config.seeds`` at once (vmapped). Each cell is an ordinary run directory
-``WORKDIR/<field>=<value>,...``; ``python -m experiments.report WORKDIR`` tabulates them.
+``--axis`` flags (which replace an axis of the same name). Values are Python literals cast to
+the field's type (``--axis=model.sigma2=4,8``, ``--axis=seeds=(0,1),(2,3)``,
+``--axis=train.stop_at_threshold=True,False``); anything else is a string. Every cell is a run
+directory ``WORKDIR/<field>=<value>,...`` listed in ``WORKDIR/sweep.json``; rerunning skips
+finished cells and retries failed ones. ``python -m experiments.report WORKDIR`` tabulates them.
+The work is :func:`experiments.grid.run_grid`.
+
+Exit status: 0 every cell finished (done or diverged), 1 some cell failed, 2 bad input,
+130 interrupted.
 """
 
 from __future__ import annotations
 
-import copy
-import importlib.util
-import itertools
-import json
-import pathlib
 import sys
 
 from absl import flags
 
-from experiments import run
+from experiments import grid, run
+
+# The names notebooks and tests use (kept here; the implementation is experiments.grid).
+cells, cell_name, set_field, get_field = grid.cells, grid.cell_name, grid.set_field, grid.get_field
+is_finished, load_sweep_axes = grid.is_finished, grid.load_sweep_axes
 
 _AXES = flags.DEFINE_multi_string(
-    "axis", [], "FIELD=V1,V2,...: a grid axis over a config field (dotted path)."
+    "axis", [], "FIELD=V1,V2,...: a grid axis over a config field (dotted path); repeatable."
+)
+_PARALLEL = flags.DEFINE_integer(
+    "parallel",
+    1,
+    "Cells at once: worker processes on this machine (local), or in-flight jobs "
+    "(local_submitit). Each worker gets its own GPUs, or its share of the CPU cores.",
+)
+_EXECUTOR = flags.DEFINE_enum(
+    "executor",
+    "local",
+    ["local", "slurm", "local_submitit"],
+    "Where cells run: this machine (serial, or --parallel worker processes), SLURM jobs "
+    "through submitit, or submitit's local executor (the SLURM code path, on this machine).",
+)
+_SLURM_PARTITION = flags.DEFINE_string("slurm_partition", None, "SLURM partition.")
+_SLURM_TIME = flags.DEFINE_integer("slurm_time", 60, "Time limit per cell, minutes.")
+_SLURM_GPUS = flags.DEFINE_integer("slurm_gpus_per_cell", 1, "GPUs per cell (SLURM).")
+_SLURM_CPUS = flags.DEFINE_integer("slurm_cpus_per_cell", 4, "CPU cores per cell (SLURM).")
+_SLURM_MEM = flags.DEFINE_integer("slurm_mem_gb", None, "Memory per cell, GB (SLURM).")
+_SLURM_ARRAY = flags.DEFINE_integer(
+    "slurm_array_parallelism", None, "At most this many cells running at once (SLURM)."
+)
+_SLURM_PARAMS = flags.DEFINE_multi_string(
+    "slurm_param",
+    [],
+    "KEY=VALUE: any other submitit AutoExecutor parameter, e.g. slurm_account=abc, "
+    "slurm_qos=high, slurm_constraint=a100 (VALUE a Python literal or a string).",
 )
 
-
-def load_sweep_axes(config_spec: str) -> dict[str, tuple]:
-    path = config_spec.partition(":")[0]
-    spec = importlib.util.spec_from_file_location("_sweep_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return dict(module.get_sweep()) if hasattr(module, "get_sweep") else {}
+HELP_FLAGS = ("--help", "-h", "--helpfull", "-help")
 
 
-def parse_axis(text: str, config) -> tuple[str, tuple]:
-    """``'model.kernel=softmax,gaussian'`` -> ``('model.kernel', ('softmax', 'gaussian'))``,
-    values converted to the field's type."""
-    field, sep, values = text.partition("=")
-    if not sep or not values:
-        raise ValueError(f"--axis {text!r} is not FIELD=V1,V2,...")
-    current = get_field(config, field)
-    kind = type(current) if current is not None else str
-    convert = (lambda v: v.lower() in ("1", "true", "yes")) if kind is bool else kind
-    return field, tuple(convert(v) for v in values.split(","))
+def print_help() -> None:
+    print(__doc__)
+    names = ["config", "workdir", "axis", "parallel", "executor"]
+    names += [n for n in flags.FLAGS if n.startswith("slurm_")]
+    for name in names:
+        print(f"  --{name}: {flags.FLAGS[name].help}")
 
 
-def get_field(config, field: str):
-    node = config
-    for i, key in enumerate(field.split(".")):
-        if not hasattr(node, "keys") or key not in node.keys():
-            where = ".".join(["config", *field.split(".")[:i]])
-            valid = sorted(node.keys()) if hasattr(node, "keys") else []
-            raise ValueError(f"unknown sweep field {field!r}; valid fields of {where}: {valid}")
-        node = node[key]
-    return node
-
-
-def set_field(config, field: str, value) -> None:
-    *parents, leaf = field.split(".")
-    node = config
-    for key in parents:
-        node = node[key]
-    node[leaf] = value
-
-
-def cells(axes: dict[str, tuple]) -> list[dict]:
-    names = list(axes)
-    return [
-        dict(zip(names, combo, strict=True))
-        for combo in itertools.product(*(axes[n] for n in names))
-    ]
-
-
-def cell_name(cell: dict) -> str:
-    return (
-        ",".join(f"{field.rsplit('.', 1)[-1]}={value}" for field, value in cell.items()) or "base"
-    )
-
-
-def is_finished(cell_dir: pathlib.Path) -> bool:
-    summary = cell_dir / "summary.json"
-    if not summary.exists():
-        return False
-    return json.loads(summary.read_text()).get("status") in ("done", "diverged")
+def make_executor(root: str):
+    """The executor the flags ask for (submitit is imported only when used)."""
+    if _PARALLEL.value < 1:
+        run.fail(f"--parallel must be >= 1, got {_PARALLEL.value}")
+    kind = _EXECUTOR.value
+    if kind == "local":
+        return grid.InProcess() if _PARALLEL.value == 1 else grid.ProcessPool(_PARALLEL.value)
+    folder = f"{root}/.submitit"
+    if kind == "local_submitit":
+        return grid.Submitit.local(folder, _PARALLEL.value, timeout_min=_SLURM_TIME.value)
+    parameters = {
+        "timeout_min": _SLURM_TIME.value,
+        "gpus_per_node": _SLURM_GPUS.value,
+        "cpus_per_task": _SLURM_CPUS.value,
+        "tasks_per_node": 1,
+        "nodes": 1,
+    }
+    optional = {
+        "slurm_partition": _SLURM_PARTITION.value,
+        "mem_gb": _SLURM_MEM.value,
+        "slurm_array_parallelism": _SLURM_ARRAY.value,
+    }
+    parameters.update({k: v for k, v in optional.items() if v is not None})
+    for text in _SLURM_PARAMS.value:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            run.fail(f"--slurm_param={text!r} is not KEY=VALUE (e.g. slurm_account=abc)")
+        parameters[key.strip()] = grid.literal(value.strip())
+    try:
+        return grid.Submitit.slurm(folder, **parameters)
+    except (TypeError, ValueError, RuntimeError) as e:  # submitit: unknown parameter, no sbatch
+        run.fail(f"--executor=slurm: {' '.join(str(e).split())}")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
+    if any(a in HELP_FLAGS for a in argv[1:]):
+        print_help()
+        return 0
     base, workdir = run.parse(argv)
+    try:  # axis values are typed and checked before JAX is imported
+        axes = grid.load_sweep_axes(flags.FLAGS["config"].config_filename)
+        axes.update(grid.parse_axis(a) for a in _AXES.value)
+        axes = grid.typed_axes(base, axes)
+    except ValueError as e:
+        run.fail(str(e))
+    executor = make_executor(workdir)
+
     from experiments import train
 
     try:
-        axes = load_sweep_axes(run._config_argument(argv))
-        axes.update(parse_axis(a, base) for a in _AXES.value)
-        for field, values in axes.items():
-            for value in values:  # every cell's config is checked before the first one runs
-                config = copy.deepcopy(base)
-                set_field(config, field, value)
-                train.validate(config)
-    except (ValueError, TypeError) as e:
+        results = grid.run_grid(base, axes, workdir, executor=executor)
+    except train.ConfigError as e:
         run.fail(str(e))
-
-    root = pathlib.Path(workdir)
-    root.mkdir(parents=True, exist_ok=True)
-    grid = cells(axes)
-    (root / "sweep.json").write_text(
-        json.dumps(
-            {
-                "axes": {k: list(v) for k, v in axes.items()},
-                "cells": [dict(name=cell_name(c), **c) for c in grid],
-            },
-            indent=2,
-            default=str,
-        )
-        + "\n"
-    )
-    for i, cell in enumerate(grid):
-        cell_dir = root / cell_name(cell)
-        if is_finished(cell_dir):
-            print(f"[{i + 1}/{len(grid)}] {cell_dir.name}: finished, skipped", file=sys.stderr)
-            continue
-        print(f"[{i + 1}/{len(grid)}] {cell_dir.name}", file=sys.stderr)
-        config = copy.deepcopy(base)
-        for field, value in cell.items():
-            set_field(config, field, value)
-        try:
-            summary = train.train_and_evaluate(config, cell_dir)
-        except train.ConfigError as e:
-            run.fail(f"cell {cell_dir.name}: {e}")
-        if summary["status"] == "interrupted":
-            return 130
-    print(f"sweep done: {root}  (report: python -m experiments.report {root})", file=sys.stderr)
+    print(f"sweep {workdir}: {grid.summarize(results)}", file=sys.stderr)
+    for r in grid.failed(results):
+        print(f"  failed {r.name}: {r.error}", file=sys.stderr)
+    if any(r.status in ("interrupted", "not run") for r in results):
+        print("interrupted: rerun the same command to finish the remaining cells", file=sys.stderr)
+        return 130
+    if grid.failed(results):
+        print("rerun the same command to retry the failed cells", file=sys.stderr)
+        return 1
+    print(f"report: python -m experiments.report {workdir}", file=sys.stderr)
     return 0
 
 

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import report, sweep, train
+from experiments import sweep, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 THEORY_CONFIGS = ["qk_frozen", "qkv_trained", "v_only", "q_only"]
@@ -308,44 +308,6 @@ def snapshot(workdir: pathlib.Path) -> dict:
         for p in sorted(workdir.rglob("*"))
         if p.is_file()
     }
-
-
-def test_sweep_skips_finished_cells_and_report_tabulates(tmp_path):
-    args = [
-        "sweep",
-        "--config=configs/qk_frozen.py:smoke",
-        f"--workdir={tmp_path}",
-        "--axis=model.kernel=softmax,gaussian",
-        "--axis=train.trainable=V,QKV",
-    ]
-    assert (
-        subprocess.run(
-            [sys.executable, "-m", "experiments.sweep", *args[1:]],
-            cwd=ROOT,
-            capture_output=True,
-            timeout=300,
-        ).returncode
-        == 0
-    )
-    cells = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
-    assert cells == [
-        "kernel=gaussian,trainable=QKV",
-        "kernel=gaussian,trainable=V",
-        "kernel=softmax,trainable=QKV",
-        "kernel=softmax,trainable=V",
-    ]
-    again = subprocess.run(
-        [sys.executable, "-m", "experiments.sweep", *args[1:]],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert again.returncode == 0 and again.stderr.count("finished, skipped") == 4
-    out = report.write_report(tmp_path)
-    table = out.read_text()
-    assert "kernel=gaussian,trainable=QKV" in table and "reached threshold" in table
-    assert (tmp_path / "loss_curves.png").stat().st_size > 0
 
 
 def test_floater_warm_start_from_a_non_floater_checkpoint_and_update_every(tmp_path):

@@ -1,0 +1,691 @@
+"""Grids of runs as a library: typed axes, one directory per cell, and where the cells run.
+
+    from experiments import grid
+
+    results = grid.run_grid(config, {"model.kernel": ("softmax", "gaussian")}, "runs/g")
+    results = grid.run_grid(config, axes, "runs/g", executor=grid.ProcessPool(2))
+    results = grid.run_grid(config, axes, "runs/g", executor=grid.Submitit.slurm("runs/g",
+                            slurm_partition="gpu", timeout_min=60, gpus_per_node=1))
+
+A grid is the product of its axes (dotted config field -> values). Every cell is an ordinary run
+directory ``root/<field>=<value>,...`` trained by ``experiments.train.train_and_evaluate``; seeds
+are not an axis unless you make ``seeds`` one (each cell trains ``config.seeds`` vmapped).
+``root/sweep.json`` maps directories to cells (:func:`experiments.rundirs.list_cells` reads it).
+A cell whose ``summary.json`` says done or diverged and whose ``config.json`` is the cell's
+config is skipped; a failed cell is reported and runs again next time.
+
+Where cells run is an executor: :class:`InProcess` (one after another, in this process),
+:class:`ProcessPool` (N at once on this machine, each worker with its own devices) and
+:class:`Submitit` (SLURM jobs, or submitit's local executor with the same code path). Nothing
+here imports JAX at module level: worker processes set their device environment first.
+"""
+
+from __future__ import annotations
+
+import ast
+import concurrent.futures
+import copy
+import dataclasses
+import itertools
+import json
+import math
+import multiprocessing
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
+
+from experiments import rundirs
+
+FINISHED = ("done", "diverged")
+# Fields that do not change what a run computes: a finished cell is still finished.
+COSMETIC_FIELDS = ("train.progress_bar",)
+_NAME_LIMIT = 200  # bytes; file systems allow 255 per path component
+
+
+class AxisError(ValueError):
+    """A bad axis: unknown field, or a value the field's type cannot hold. One line."""
+
+
+# --------------------------------------------------------------------------------------------
+# Axes: text -> typed values
+
+
+def split_top_level(text: str) -> list[str]:
+    """``'(0,1),(2,3)'`` -> ``['(0,1)', '(2,3)']``: commas inside brackets or quotes stay."""
+    parts, depth, quote, start = [], 0, None, 0
+    for i, ch in enumerate(text):
+        if quote:
+            if ch == quote and text[i - 1] != "\\":
+                quote = None
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts]
+
+
+def literal(text: str) -> Any:
+    """A Python literal (``4``, ``(0, 1)``, ``True``, ``None``, ``'a,b'``), else the text."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+
+
+def parse_axis(text: str) -> tuple[str, tuple]:
+    """``'model.sigma2=4,8'`` -> ``('model.sigma2', (4, 8))`` (values not yet cast)."""
+    field, sep, values = text.partition("=")
+    field = field.strip()
+    if not sep or not field or not values.strip():
+        raise AxisError(f"--axis={text!r} is not FIELD=V1,V2,... (e.g. --axis=model.dim=32,64)")
+    return field, tuple(literal(v) for v in split_top_level(values))
+
+
+def get_field(config, field: str):
+    node = config
+    for i, key in enumerate(field.split(".")):
+        if not hasattr(node, "keys") or key not in node.keys():
+            where = ".".join(["config", *field.split(".")[:i]])
+            valid = sorted(node.keys()) if hasattr(node, "keys") else []
+            raise AxisError(f"unknown sweep field {field!r}; valid fields of {where}: {valid}")
+        node = node[key]
+    return node
+
+
+def set_field(config, field: str, value) -> None:
+    *parents, leaf = field.split(".")
+    node = config
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+
+
+def field_type(config, field: str) -> type:
+    """The declared type of a field (a placeholder's type even while it is unset)."""
+    get_field(config, field)
+    *parents, leaf = field.split(".")
+    node = config
+    for key in parents:
+        node = node[key]
+    return node.get_type(leaf)
+
+
+def cast(config, field: str, value) -> Any:
+    """``value`` as ml_collections stores it in ``field`` (4 -> 4.0 for a float field), or an
+    :class:`AxisError` naming the field, the value and the type."""
+    kind = field_type(config, field)
+    candidates = [value]
+    if isinstance(value, str) and kind is bool and value.lower() in ("true", "false"):
+        candidates = [value.lower() == "true"]
+    elif not isinstance(value, str) and kind is str:
+        candidates.append(str(value))  # ``--axis=model.kernel=1``: a string field takes '1'
+    for candidate in candidates:
+        if isinstance(candidate, bool) and kind in (int, float):
+            continue  # ml_collections would accept True as 1; it is a typo for a number
+        probe = copy.deepcopy(config)
+        try:
+            set_field(probe, field, candidate)
+        except (TypeError, ValueError):
+            continue
+        return get_field(probe, field)
+    raise AxisError(
+        f"axis {field}: value {value!r} is not {_article(kind.__name__)} "
+        f"(the type of config.{field}){_example(kind)}"
+    )
+
+
+def _article(word: str) -> str:
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+
+
+def _example(kind: type) -> str:
+    examples = {tuple: "(0, 1)", bool: "True", int: "3", float: "0.5"}
+    return f", e.g. {examples[kind]}" if kind in examples else ""
+
+
+def typed_axes(config, axes: Mapping[str, Sequence]) -> dict[str, tuple]:
+    """Every axis value cast to its field's type; values naming the same cell are an error."""
+    out = {}
+    for field, values in axes.items():
+        if isinstance(values, str | bytes) or not isinstance(values, Sequence):
+            raise AxisError(f"axis {field}: values must be a sequence, got {values!r}")
+        if not values:
+            raise AxisError(f"axis {field} has no values")
+        typed = tuple(cast(config, field, v) for v in values)
+        names = [value_text(v) for v in typed]
+        if len(set(names)) != len(names):
+            raise AxisError(f"axis {field}: values {list(values)!r} repeat a cell ({names})")
+        out[field] = typed
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Cells and their directories
+
+
+def cells(axes: Mapping[str, Sequence]) -> list[dict]:
+    names = list(axes)
+    return [
+        dict(zip(names, combo, strict=True))
+        for combo in itertools.product(*(axes[n] for n in names))
+    ]
+
+
+_SAFE = "-_.+()[]~@"
+
+
+def value_text(value) -> str:
+    """A value as it reads in a directory name: tuples ``(0,1)``, strings escaped (``/``, ``=``,
+    ``,``, ``%``, spaces, ``:`` ... become ``%XX``), so distinct values never share a name."""
+    if isinstance(value, tuple | list):
+        inner = ",".join(value_text(v) for v in value)
+        return f"({inner}{',' if len(value) == 1 else ''})"
+    return urllib.parse.quote(str(value), safe=_SAFE)
+
+
+def cell_name(cell: Mapping) -> str:
+    """``model.kernel=softmax,train.trainable=V``: full dotted fields, escaped values."""
+    name = ",".join(f"{field}={value_text(value)}" for field, value in cell.items()) or "base"
+    if name.startswith("."):
+        name = "%2E" + name[1:]
+    if len(name.encode()) > _NAME_LIMIT:  # keep it readable, keep it unique
+        import hashlib
+
+        digest = hashlib.sha1(name.encode()).hexdigest()[:12]
+        name = name.encode()[: _NAME_LIMIT - 13].decode(errors="ignore") + "-" + digest
+    return name
+
+
+def configure(base, cell: Mapping):
+    config = copy.deepcopy(base)
+    for field, value in cell.items():
+        set_field(config, field, value)
+    return config
+
+
+def config_json(config) -> dict:
+    return json.loads(config.to_json_best_effort())
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def is_finished(cell_dir: str | os.PathLike, config=None) -> bool:
+    """``summary.json`` says done or diverged, and (given ``config``) the run is of it."""
+    try:
+        summary = rundirs.read_summary(cell_dir)
+        if summary is None or summary.get("status") not in FINISHED:
+            return False
+        if config is None:
+            return True
+        saved = _flatten(rundirs.read_config(cell_dir))
+    except rundirs.RunDirError:
+        return False  # damaged: training again resumes from the checkpoint and rewrites it
+    wanted = _flatten(config_json(config))
+    return all(
+        saved.get(k) == wanted.get(k) for k in set(saved) | set(wanted) if k not in COSMETIC_FIELDS
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One cell to run: everything a worker needs (picklable)."""
+
+    index: int
+    name: str
+    config: Any  # ml_collections.ConfigDict
+    workdir: str
+
+
+@dataclasses.dataclass(frozen=True)
+class CellResult:
+    name: str
+    path: pathlib.Path
+    overrides: dict
+    status: str  # 'done' | 'diverged' | 'interrupted' | 'failed' | 'not run'
+    summary: dict | None = None
+    error: str | None = None  # one line, for 'failed'
+    skipped: bool = False  # finished before this call
+
+
+def write_index(root: pathlib.Path, axes: Mapping, grid: list[dict]) -> None:
+    """``sweep.json``, replaced atomically (a kill never leaves it torn)."""
+    index = {
+        "axes": {field: list(values) for field, values in axes.items()},
+        "cells": [{"name": cell_name(c), **c} for c in grid],
+    }
+    tmp = root / f".sweep.json.{os.getpid()}"
+    tmp.write_text(json.dumps(index, indent=2) + "\n")
+    os.replace(tmp, root / rundirs.INDEX)
+
+
+# --------------------------------------------------------------------------------------------
+# Running one cell (in whatever process an executor chose)
+
+
+def run_cell(config, workdir: str) -> dict:
+    """Train one cell; returns its summary. JAX is imported here, after the environment."""
+    from experiments import train
+
+    return train.train_and_evaluate(config, workdir)
+
+
+def _run_cell_with_env(config, workdir: str, env: dict) -> dict:
+    os.environ.update(env)
+    return run_cell(config, workdir)
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return f"{type(error).__name__}: {text}"
+
+
+class Executor(Protocol):
+    """Runs tasks; yields ``(task, summary or the exception it raised)`` as they finish.
+
+    ``progress_bar`` says whether a cell may draw a progress bar (only one runs at a time)."""
+
+    progress_bar: bool
+
+    def run(self, tasks: list[Task]) -> Iterator[tuple[Task, dict | BaseException]]: ...
+
+
+class InProcess:
+    """Cells one after another in this process (SIGINT/SIGTERM stop after the current cell)."""
+
+    progress_bar = True
+
+    def run(self, tasks: list[Task]) -> Iterator[tuple[Task, dict | BaseException]]:
+        for task in tasks:
+            try:
+                summary = run_cell(task.config, task.workdir)
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # noqa: BLE001 -- a failed cell is reported, the grid goes on
+                yield task, e
+                continue
+            yield task, summary
+            if summary.get("status") == "interrupted":
+                return
+
+
+# ---- devices per worker
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use, without importing JAX (empty on CPU-only runs)."""
+    if os.environ.get("JAX_PLATFORMS", "").strip().lower() in ("cpu", "tpu"):
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [v.strip() for v in visible.split(",") if v.strip()]
+        return [] if ids in ([], ["-1"]) else ids
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def worker_environments(parallel: int, gpus: list[str] | None = None) -> list[dict[str, str]]:
+    """The environment of each of ``parallel`` workers.
+
+    GPU: a disjoint subset of the visible GPUs each (round robin when there are more workers
+    than GPUs, which then share without preallocating). CPU: the cores split between the
+    workers: each worker's XLA/Eigen and OpenMP pools sized to its share, so N workers never
+    run more compute threads than there are cores.
+    """
+    gpus = visible_gpus() if gpus is None else gpus
+    if gpus:
+        if parallel <= len(gpus):
+            share = len(gpus) // parallel
+            groups = [gpus[i * share : (i + 1) * share] for i in range(parallel)]
+            return [{"CUDA_VISIBLE_DEVICES": ",".join(g)} for g in groups]
+        return [
+            {"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)], "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+            for i in range(parallel)
+        ]
+    threads = max(1, cpu_count() // parallel)
+    return [cpu_environment(threads) for _ in range(parallel)]
+
+
+def cpu_environment(threads: int) -> dict[str, str]:
+    flags = os.environ.get("XLA_FLAGS", "")
+    if threads == 1 and "xla_cpu_multi_thread_eigen" not in flags:
+        flags = f"{flags} --xla_cpu_multi_thread_eigen=false".strip()
+    return {
+        "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS") or "cpu",
+        "XLA_FLAGS": flags,
+        "OMP_NUM_THREADS": str(threads),
+        "OPENBLAS_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+    }
+
+
+def _init_worker(slots) -> None:
+    """Pool initializer: take a device slot, before anything imports JAX; own process group,
+    so that a Ctrl-C reaches the parent only (which stops the workers once, cleanly)."""
+    os.setpgrp()
+    os.environ.update(slots.get())
+
+
+class ProcessPool:
+    """``parallel`` cells at once, each worker a fresh (spawned) process with its own devices.
+
+    The environments (:func:`worker_environments` by default) are fixed per worker because
+    JAX reads them once, at its first import."""
+
+    progress_bar = False
+
+    def __init__(self, parallel: int, environments: list[dict[str, str]] | None = None):
+        if parallel < 1:
+            raise ValueError(f"parallel must be >= 1, got {parallel}")
+        self.parallel = parallel
+        self.environments = environments
+
+    def run(self, tasks: list[Task]) -> Iterator[tuple[Task, dict | BaseException]]:
+        if not tasks:
+            return
+        workers = min(self.parallel, len(tasks))
+        context = multiprocessing.get_context("spawn")
+        slots = context.Queue()
+        for env in (self.environments or worker_environments(self.parallel))[:workers]:
+            slots.put(env)
+        pool = concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_init_worker, initargs=(slots,)
+        )
+        futures = {pool.submit(run_cell, t.config, t.workdir): t for t in tasks}
+        stopping = False
+        try:
+            with _sigterm_as_interrupt():
+                for future in concurrent.futures.as_completed(futures):
+                    error = future.exception() if not future.cancelled() else None
+                    if future.cancelled():
+                        continue
+                    yield futures[future], error if error is not None else future.result()
+        except KeyboardInterrupt:
+            stopping = True
+            for future in futures:
+                future.cancel()
+            for process in list(pool._processes.values()):  # running cells checkpoint, stop
+                if process.is_alive():
+                    os.kill(process.pid, signal.SIGTERM)
+            for future in futures:
+                if not future.cancelled():
+                    error = future.exception()
+                    yield futures[future], error if error is not None else future.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if stopping:
+            raise KeyboardInterrupt
+
+
+class _sigterm_as_interrupt:
+    """SIGTERM to the parent stops the grid like Ctrl-C does (main thread only)."""
+
+    def __enter__(self):
+        try:
+            self.previous = signal.signal(signal.SIGTERM, self._raise)
+        except ValueError:
+            self.previous = None
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+class Submitit:
+    """Cells as submitit jobs: SLURM (:meth:`slurm`) or this machine (:meth:`local`).
+
+    ``parameters`` are submitit's (``AutoExecutor.update_parameters``: ``slurm_partition``,
+    ``timeout_min``, ``gpus_per_node``, ``cpus_per_task``, ``mem_gb``, ...). At most
+    ``max_in_flight`` jobs are queued at a time (None: all; on SLURM they go as one job array,
+    throttled by ``slurm_array_parallelism``). Job logs are under ``folder``.
+    """
+
+    progress_bar = False
+
+    def __init__(self, executor, *, max_in_flight: int | None, environments: list[dict] | None):
+        self.executor = executor
+        self.max_in_flight = max_in_flight
+        self.environments = environments  # per in-flight slot (local only)
+
+    @classmethod
+    def slurm(cls, folder: str | os.PathLike, **parameters) -> Submitit:
+        import submitit
+
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        executor.update_parameters(**parameters)
+        return cls(executor, max_in_flight=None, environments=None)
+
+    @classmethod
+    def local(cls, folder: str | os.PathLike, parallel: int = 1, **parameters) -> Submitit:
+        import submitit
+
+        executor = submitit.LocalExecutor(folder=folder)
+        executor.update_parameters(**{"timeout_min": 24 * 60, **parameters})
+        gpus = visible_gpus()
+        return cls(
+            executor,
+            max_in_flight=parallel,
+            environments=worker_environments(parallel, gpus=[] if not gpus else gpus),
+        )
+
+    def run(self, tasks: list[Task]) -> Iterator[tuple[Task, dict | BaseException]]:
+        pending = list(tasks)
+        running: dict = {}  # job -> (task, slot)
+        free = list(range(self.max_in_flight or len(tasks)))
+        try:
+            with _sigterm_as_interrupt():
+                if self.max_in_flight is None:  # one job array: the scheduler throttles
+                    with self.executor.batch():
+                        jobs = [
+                            self.executor.submit(_run_cell_with_env, t.config, t.workdir, {})
+                            for t in pending
+                        ]
+                    running = {job: (t, None) for job, t in zip(jobs, pending, strict=True)}
+                    pending = []
+                while pending or running:
+                    while pending and free:
+                        task, slot = pending.pop(0), free.pop(0)
+                        env = self.environments[slot] if self.environments else {}
+                        job = self.executor.submit(
+                            _run_cell_with_env, task.config, task.workdir, env
+                        )
+                        running[job] = (task, slot)
+                    done = [job for job in running if job.done()]
+                    if not done:
+                        time.sleep(0.5)
+                        continue
+                    for job in done:
+                        task, slot = running.pop(job)
+                        if slot is not None:
+                            free.append(slot)
+                        try:
+                            yield task, job.result()
+                        except Exception as e:  # noqa: BLE001 -- the job's error, reported
+                            yield task, e
+        except KeyboardInterrupt:
+            for job in running:
+                job.cancel(check=False)
+            deadline = time.monotonic() + 60  # a cancelled job may still be writing
+            while any(not job.done() for job in running) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            raise
+
+
+# --------------------------------------------------------------------------------------------
+# The grid
+
+
+class Progress:
+    """``[done/total] cell: status (elapsed) | ETA`` lines on stderr as cells finish."""
+
+    def __init__(self, total: int, skipped: int, stream=None):
+        self.total, self.count, self.ran = total, skipped, 0
+        self.stream = sys.stderr if stream is None else stream
+        self.start = time.monotonic()
+        self.to_run = total - skipped
+
+    def __call__(self, result: CellResult) -> None:
+        self.count += 1
+        self.ran += 1
+        elapsed = time.monotonic() - self.start
+        left = self.to_run - self.ran
+        eta = elapsed / self.ran * left
+        detail = f"failed: {result.error}" if result.status == "failed" else result.status
+        print(
+            f"[{self.count}/{self.total}] {result.name}: {detail} | elapsed {_clock(elapsed)}, "
+            f"{left} left, ETA {_clock(eta)}",
+            file=self.stream,
+            flush=True,
+        )
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(math.ceil(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+def prepare(config, axes: Mapping[str, Sequence]) -> tuple[dict[str, tuple], list[dict], list]:
+    """``(typed axes, cells, cell configs)``; every cell validated before anything runs.
+
+    Raises :class:`AxisError` for bad axes and ``experiments.train.ConfigError`` for a cell
+    the runner would refuse."""
+    typed = typed_axes(config, axes)
+    grid = cells(typed)
+    configs = [configure(config, cell) for cell in grid]
+    from experiments import train  # validation needs the registries (kernels, ...)
+
+    for cell, cell_config in zip(grid, configs, strict=True):
+        try:
+            train.validate(cell_config)
+        except train.ConfigError as e:
+            raise train.ConfigError(f"cell {cell_name(cell)}: {e}") from None
+    return typed, grid, configs
+
+
+def run_grid(
+    config,
+    axes: Mapping[str, Sequence],
+    root: str | os.PathLike,
+    *,
+    executor: Executor | None = None,
+    progress: Callable[[CellResult], None] | None | bool = True,
+) -> list[CellResult]:
+    """Run every cell of ``config`` x ``axes`` not yet finished under ``root``.
+
+    Returns one :class:`CellResult` per cell, in grid order (``status='not run'`` for cells an
+    interruption left out). ``executor`` defaults to :class:`InProcess`; ``progress`` is
+    called with each result as it comes (True: a line on stderr).
+    """
+    executor = InProcess() if executor is None else executor
+    typed, grid, configs = prepare(config, axes)
+    root = pathlib.Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    write_index(root, typed, grid)
+
+    results: list[CellResult | None] = [None] * len(grid)
+    tasks = []
+    for i, (cell, cell_config) in enumerate(zip(grid, configs, strict=True)):
+        path = root / cell_name(cell)
+        if is_finished(path, cell_config):
+            summary = rundirs.read_summary(path)
+            results[i] = CellResult(
+                cell_name(cell), path, cell, summary["status"], summary, skipped=True
+            )
+            continue
+        if not executor.progress_bar:  # several cells at once: their bars would interleave
+            cell_config = copy.deepcopy(cell_config)
+            cell_config.train.progress_bar = False
+        tasks.append(Task(i, cell_name(cell), cell_config, str(path)))
+
+    report = Progress(len(grid), len(grid) - len(tasks)) if progress is True else progress
+    skipped = len(grid) - len(tasks)
+    if skipped and progress:
+        print(f"{skipped}/{len(grid)} cells finished before: skipped", file=sys.stderr)
+    outcomes, interrupt = executor.run(tasks), False
+    while True:
+        try:  # a Ctrl-C that lands here is handed to the executor, to stop its cells cleanly
+            task, outcome = outcomes.throw(KeyboardInterrupt()) if interrupt else next(outcomes)
+        except (StopIteration, KeyboardInterrupt):
+            break  # the cells left are 'not run'; what ran is in the results
+        interrupt = False
+        try:
+            results[task.index] = _result(task, grid[task.index], outcome)
+            if report:
+                report(results[task.index])
+        except KeyboardInterrupt:
+            interrupt = True
+    return [
+        r if r is not None else CellResult(cell_name(cell), root / cell_name(cell), cell, "not run")
+        for r, cell in zip(results, grid, strict=True)
+    ]
+
+
+def _result(task: Task, cell: dict, outcome: dict | BaseException) -> CellResult:
+    path = pathlib.Path(task.workdir)
+    if isinstance(outcome, BaseException):
+        return CellResult(task.name, path, cell, "failed", error=_one_line(outcome))
+    return CellResult(task.name, path, cell, outcome["status"], outcome)
+
+
+def failed(results: list[CellResult]) -> list[CellResult]:
+    return [r for r in results if r.status == "failed"]
+
+
+def summarize(results: list[CellResult]) -> str:
+    """One line: how many cells did what."""
+    counts: dict[str, int] = {}
+    for r in results:
+        key = "skipped (finished before)" if r.skipped else r.status
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{n} {k}" for k, n in counts.items())
+
+
+def load_sweep_axes(config_spec: str) -> dict[str, tuple]:
+    """The ``get_sweep()`` axes of a config file (``path[:arg]``), or none."""
+    import importlib.util
+
+    path = config_spec.partition(":")[0]
+    spec = importlib.util.spec_from_file_location("_sweep_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return dict(module.get_sweep()) if hasattr(module, "get_sweep") else {}
