@@ -201,7 +201,7 @@ def parse(argv: list[str]):
     if len(rest) > 1:
         fail(f"unexpected argument {rest[1]!r}; flags are --name=value (see --help)")
     if _SHOW_CONFIG.value:
-        print(describe_config(config))
+        print(describe_config(config, pathlib.Path(spec.partition(":")[0])))
         sys.exit(0)
     try:
         validation.validate(config)
@@ -244,21 +244,25 @@ def _flatten(config, prefix: str = "") -> dict:
     out = {}
     for key in config.keys():
         value = config[key]
-        if hasattr(value, "keys"):
+        if hasattr(value, "keys") and len(value.keys()):
             out.update(_flatten(value, f"{prefix}{key}."))
+        elif hasattr(value, "keys"):
+            out[f"{prefix}{key}"] = {}  # an empty section: still a field one can fill
         else:
             out[f"{prefix}{key}"] = value
     return out
 
 
-def _source_comments(file: pathlib.Path, function: str, prefix: str) -> dict[str, str]:
-    """``{prefix + 'a.b': comment}`` for the ``x.a.b = ...`` lines of ``function`` in
-    ``file``, ``x`` being the ConfigDict it builds: the line's trailing comment, else the
-    comment lines right above it."""
+def _source_comments(
+    file: pathlib.Path, function: str, root: str, prefix: str, *, nested: bool = True
+) -> dict[str, str]:
+    """``{prefix + 'a.b': comment}`` for the ``root.a.b = ...`` lines of ``function`` in
+    ``file``: the line's trailing comment, else the comment lines right above it.
+    ``nested=False`` skips assignments inside ``if`` blocks (a variant's own settings)."""
     try:
         source = file.read_text()
         tree = ast.parse(source)
-    except (OSError, SyntaxError):
+    except (OSError, SyntaxError, UnicodeDecodeError):
         return {}
     trailing, whole_line = {}, {}
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
@@ -266,17 +270,17 @@ def _source_comments(file: pathlib.Path, function: str, prefix: str) -> dict[str
             text = tok.string.lstrip("#").strip()
             (whole_line if not tok.line[: tok.start[1]].strip() else trailing)[tok.start[0]] = text
     comments = {}
-    for node in ast.walk(tree):
+    for node in tree.body:
         if not (isinstance(node, ast.FunctionDef) and node.name == function):
             continue
-        for stmt in ast.walk(node):
+        for stmt in ast.walk(node) if nested else node.body:
             if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1):
                 continue
             parts, target = [], stmt.targets[0]
             while isinstance(target, ast.Attribute):
                 parts.append(target.attr)
                 target = target.value
-            if not (parts and isinstance(target, ast.Name)):
+            if not (parts and isinstance(target, ast.Name) and target.id == root):
                 continue
             comment = trailing.get(stmt.lineno)
             if comment is None:
@@ -293,28 +297,38 @@ def _source_comments(file: pathlib.Path, function: str, prefix: str) -> dict[str
     return comments
 
 
-def field_comments(config) -> dict[str, str]:
-    """Comments of the fields of ``experiments.defaults`` and of the config's data set."""
-    here = pathlib.Path(__file__).resolve().parent
-    comments = {}
-    data_name = str(config.get("data", {}).get("name", "")).removesuffix("_cached")
-    module = _DATA_MODULES.get(data_name)
-    package = importlib.util.find_spec("attn_dynamics")  # finds, does not import
-    if module and package and package.origin:
-        data_file = pathlib.Path(package.origin).parent / "data" / f"{module}.py"
-        comments.update(_source_comments(data_file, "default_config", "data."))
-    defaults = here / "defaults.py"
-    comments.update(_source_comments(defaults, "base_config", ""))
-    if data_name == "synthetic_regression":
-        comments.update(_source_comments(defaults, "synthetic_regression_config", "data."))
-    comments.update(_source_comments(defaults, "floater_config", "model.floater."))
+def field_comments(config, source: pathlib.Path | None = None) -> dict[str, str]:
+    """Comments of the fields: from the config file ``source`` (its ``get_config``'s own
+    lines), else from the schema (``experiments.defaults`` and the data set's
+    ``default_config``). A config wrapping a run config in ``config.run`` (the landscape's)
+    gets those of the run config under ``run.``."""
+    if "model" not in config:
+        inner = config.get("run")
+        if inner is None or not hasattr(inner, "keys"):
+            return {}
+        comments = {f"run.{k}": v for k, v in field_comments(inner).items()}
+    else:
+        comments = {}
+        data_name = str(config.get("data", {}).get("name", "")).removesuffix("_cached")
+        module = _DATA_MODULES.get(data_name)
+        package = importlib.util.find_spec("attn_dynamics")  # finds, does not import
+        if module and package and package.origin:
+            data_file = pathlib.Path(package.origin).parent / "data" / f"{module}.py"
+            comments.update(_source_comments(data_file, "default_config", "d", "data."))
+        defaults = pathlib.Path(__file__).resolve().parent / "defaults.py"
+        comments.update(_source_comments(defaults, "base_config", "c", ""))
+        if data_name == "synthetic_regression":
+            comments.update(_source_comments(defaults, "synthetic_regression_config", "d", "data."))
+        comments.update(_source_comments(defaults, "floater_config", "f", "model.floater."))
+    if source is not None:
+        comments.update(_source_comments(source, "get_config", "c", "", nested=False))
     return comments
 
 
-def describe_config(config) -> str:
+def describe_config(config, source: pathlib.Path | None = None) -> str:
     """One line per field: ``path = value  # comment``."""
     fields = _flatten(config)
-    comments = field_comments(config) if "model" in config else {}
+    comments = field_comments(config, source)
     lines = [f"{path} = {value!r}" for path, value in fields.items()]
     width = min(max(map(len, lines), default=0), 48) + 2
     out = []

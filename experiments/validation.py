@@ -148,6 +148,11 @@ def _str(field: str, value) -> None:
 
 def validate(config) -> None:
     """Raise :class:`ConfigError` (one line) at the first field a run could not use."""
+    if "model" not in config and hasattr(config.get("run"), "keys"):
+        raise ConfigError(
+            "config has no field 'model' but a run config in config.run: a config for an "
+            "analysis (e.g. python -m experiments.landscape), not for experiments.run"
+        )
     for section in ("seeds", "model", "data", "train"):
         if section not in config:
             raise ConfigError(

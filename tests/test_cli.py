@@ -74,6 +74,7 @@ def dict_config(tmp_path_factory) -> pathlib.Path:
     return path
 
 
+QK_FROZEN = ROOT / "configs" / "qk_frozen.py"
 MAIN = "--config=configs/qk_frozen.py"
 ENCODER = ["--config.model.name=encoder", "--config.model.embed_dim=12"]
 BAD_INPUTS = {  # case: (arguments, words the error line must contain)
@@ -188,8 +189,10 @@ def flatten(config, prefix: str = "") -> dict:
     out = {}
     for key in config.keys():
         value = config[key]
-        if isinstance(value, ml_collections.ConfigDict):
+        if isinstance(value, ml_collections.ConfigDict) and value.keys():
             out.update(flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, ml_collections.ConfigDict):
+            out[f"{prefix}{key}"] = {}
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -208,10 +211,14 @@ def test_show_config_prints_every_field_with_value_and_comment(existing_workdir)
     assert set(printed) == set(expected)
     for field, value in expected.items():
         assert printed[field].split("  # ")[0].rstrip() == repr(value), field
-    # Comments come from the schema's source lines, e.g. `c.model.kernel = ...  # <comment>`.
-    source = pathlib.Path(defaults.__file__).read_text()
-    kernel_line = next(line for line in source.splitlines() if "c.model.kernel =" in line)
-    assert printed["model.kernel"].endswith("# " + kernel_line.split("# ", 1)[1])
+    # Comments come from the source lines setting a field, `c.a.b = ...  # <comment>`: the
+    # config file's own, else the schema's.
+    for source, field in [(defaults.__file__, "model.implementation"), (QK_FROZEN, "data.seq_len")]:
+        assignment = f"c.{field} ="
+        line = next(
+            line for line in pathlib.Path(source).read_text().splitlines() if assignment in line
+        )
+        assert printed[field].endswith("# " + line.split("# ", 1)[1]), field
     assert not imported & set(HEAVY_MODULES)
     assert snapshot(existing_workdir) == before
 
@@ -357,6 +364,8 @@ def test_validate_rejects(case):
 def test_validate_is_not_a_run_config():
     with pytest.raises(validation.ConfigError, match="no field 'model'"):
         validation.validate(ml_collections.ConfigDict({"seeds": (0,)}))
+    with pytest.raises(validation.ConfigError, match="experiments.landscape"):
+        validation.validate(config_module("landscape").get_config("theory"))
 
 
 def test_init_from_needs_a_checkpoint_step(tmp_path):
