@@ -17,11 +17,10 @@ outputs); the Q-only finding needs realisable targets and is ``ablation_q_only.p
 
 from configs import qk_frozen
 from experiments import defaults
+from experiments.validation import variants
 
 
 def get_config(arg=None):
-    from experiments.validation import variants
-
     smoke = "smoke" in variants(arg, ["smoke"])
     c = qk_frozen.get_config()
     c.seeds = tuple(range(16))

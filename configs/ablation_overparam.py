@@ -19,11 +19,10 @@ size.
 
 from configs import qk_frozen
 from experiments import defaults
+from experiments.validation import variants
 
 
 def get_config(arg=None):
-    from experiments.validation import variants
-
     smoke = "smoke" in variants(arg, ["smoke"])
     c = qk_frozen.get_config()
     c.seeds = tuple(range(16))

@@ -29,11 +29,10 @@ typical queries and keys here (||q - k||^2 ~ 2d): outputs and gradients vanish.
 
 from attn_dynamics import data
 from experiments import defaults
+from experiments.validation import variants
 
 
 def get_config(arg=None):
-    from experiments.validation import variants
-
     smoke = "smoke" in variants(arg, ["smoke"])
     c = defaults.base_config()
     c.seeds = (0,)
