@@ -36,6 +36,7 @@ BUILTIN_DATASETS = (
     "student_teacher_regression",
     "synthetic_regression",
 )
+REGRESSION_DATASETS = ("student_teacher_regression", "synthetic_regression")
 # attn_dynamics.floater.{INJECTIONS, SOLVERS, ADJOINTS}
 FLOATER_INJECTIONS = ("input", "every_layer", "qkv_bias")
 FLOATER_SOLVERS = ("rk4", "tsit5", "dopri5")
@@ -198,6 +199,13 @@ def check_model(config) -> None:
         check_theory(config)
     else:
         check_encoder(m)
+        if config.data.get("name") in REGRESSION_DATASETS:
+            classification = sorted(set(dataset_names()) - set(REGRESSION_DATASETS))
+            raise ConfigError(
+                f"config.model.name='encoder' (a classifier) needs a classification data set, "
+                f"not config.data.name={config.data.name!r}; valid: {classification} (or "
+                "model.name='theory' for regression)"
+            )
 
 
 def check_theory(config) -> None:

@@ -340,6 +340,10 @@ REJECTED = {  # case: (config, words of the message)
         lambda: qk_frozen(data__name="mnist"),
         ["'mnist'", "'synthetic_regression'"],
     ),
+    "encoder on regression data": (
+        lambda: qk_frozen(model__name="encoder", model__num_heads=2),
+        ["encoder", "synthetic_regression", "order_lookback"],
+    ),
     "theory on classification data": (
         lambda: order_task(model__name="theory"),
         ["theory", "order_lookback"],
@@ -388,6 +392,7 @@ def test_builtin_names_are_what_a_fresh_process_registers():
             "softmax_form": [n for n in kernels.names() if kernels.lookup(n).softmax_form],
             "positions": position.names(),
             "datasets": data.names(),
+            "regression": [n for n in data.names() if "out_dim" in data.default_config(n)],
             "implementations": list(attention.IMPLEMENTATIONS),
             "floater": [list(floater.INJECTIONS), list(floater.SOLVERS), list(floater.ADJOINTS)],
         }))
@@ -403,6 +408,7 @@ def test_builtin_names_are_what_a_fresh_process_registers():
     assert registered["softmax_form"] == sorted(v.SOFTMAX_FORM_KERNELS)
     assert registered["positions"] == sorted(v.BUILTIN_POSITIONS)
     assert registered["datasets"] == sorted(v.BUILTIN_DATASETS)
+    assert registered["regression"] == sorted(v.REGRESSION_DATASETS)
     assert registered["implementations"] == list(v.IMPLEMENTATIONS)
     assert registered["floater"] == [
         list(v.FLOATER_INJECTIONS),
