@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from attn_dynamics import data
-from attn_dynamics.data import order, testing
+from attn_dynamics.data import order, synthetic, testing
 from experiments import defaults
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -212,11 +212,11 @@ def test_epochs_visit_every_example_once():
     ds = data.get_dataset(c)
     n, bs = c.num_samples, c.batch_size
     for epoch in range(3):
-        seen = np.concatenate([ds._train_indices(epoch * n // bs + s) for s in range(n // bs)])
+        seen = np.concatenate([ds.train_indices(epoch * n // bs + s) for s in range(n // bs)])
         assert sorted(seen) == list(range(n))
     x, _ = ds.arrays
     batch = ds.train_batch(1)
-    np.testing.assert_array_equal(batch["inputs"], x[ds._train_indices(1)])
+    np.testing.assert_array_equal(batch["inputs"], x[ds.train_indices(1)])
 
 
 def test_full_batch_regression():
@@ -244,24 +244,56 @@ def test_teacher_targets():
     key = jax.random.fold_in(jax.random.key(c.seed), 12)
     params = teacher.init(key, x[:1])
     np.testing.assert_allclose(y, teacher.apply(params, x), rtol=1e-5, atol=1e-6)
+    # the data layer's teacher draws the theory model's weights (any kernel options, scales)
+    kw = dict(kernel="gaussian", kernel_options={"sigma2": 3.0}, qk_init_scale=2.0)
+    ours = synthetic.theory_teacher(c.dim, c.out_dim, v_init_scale=0.5, **kw).init(key, x[:1])
+    theirs = models.TheoryModel(dim=c.dim, out_dim=c.out_dim, v_init_scale=0.5, **kw)
+    theirs = theirs.init(key, x[:1])
+    assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+    jax.tree.map(np.testing.assert_array_equal, ours, theirs)
     c.teacher_kernel = "nope"
     with pytest.raises(ValueError, match="nope"):
         data.get_dataset(c)
 
 
-def test_prefetch_iterator_closes_and_reraises():
-    ds = data.get_dataset(make_config("order_lookback"))
-    it = ds.train_iter(3)
-    next(it)
-    it.close()  # stops the thread; must not hang
+def test_iterators_close_and_reraise():
+    with data.get_dataset(make_config("order_lookback")) as ds:
+        it = ds.train_iter(3)
+        assert_batches_equal(next(it), ds.train_batch(3))
+        it.close()  # stops grain's prefetch threads; must not hang
+        open_iter = ds.train_iter(0)
+        next(open_iter)
+        assert len(ds._iterators) == 1
+    assert not ds._iterators  # the with block closed the iterator left open
     bad = data.get_dataset(make_config("order_lookback"))
 
-    def boom(step):
-        raise RuntimeError(f"boom at {step}")
+    def boom(split, positions):
+        raise RuntimeError(f"boom at {split}")
 
-    bad.train_batch = boom
-    with pytest.raises(RuntimeError, match="boom at 2"):
+    bad._examples = boom
+    with pytest.raises(RuntimeError, match="boom at train"):
         next(bad.train_iter(2))
+    with pytest.raises(RuntimeError, match="boom at len_24"):
+        next(bad.eval_batches("len_24"))
+
+
+@pytest.mark.parametrize("kind", ["regression_mini", "imdb", "order_lookback"])
+def test_process_shares_make_up_the_batch(kind, tiny_dir):
+    """Each of 4 processes reads only its rows; together they are the global batch."""
+    ds = data.get_dataset(make_config(kind, tiny_dir))
+    whole = ds.train_batches((0, 1))
+    shares = [ds.train_batches((p, 4)) for p in range(4)]
+    for step in (0, 3, 7):
+        joined = {k: np.concatenate([s[step][k] for s in shares]) for k in whole[step]}
+        assert_batches_equal(joined, whole[step])
+        assert_batches_equal(whole[step], ds.train_batch(step))
+    split = ds.eval_splits[0]
+    whole = list(ds.eval_batches(split))
+    shares = [list(ds.eval_dataset(split, (p, 4))) for p in range(4)]
+    assert [len(s) for s in shares] == [len(whole)] * 4
+    for b, batch in enumerate(whole):
+        joined = {k: np.concatenate([s[b][k] for s in shares]) for k in batch}
+        assert_batches_equal(joined, batch)
 
 
 # ---- order tasks ----------------------------------------------------------------------------
@@ -435,5 +467,5 @@ def test_order_task_config_args():
 
     assert order_task.get_config("precedence").data.name == "order_precedence"
     assert order_task.get_config("precedence,smoke").data.train_len == 16
-    with pytest.raises(ValueError, match="unknown args"):
+    with pytest.raises(ValueError, match="unknown config variant 'typo'"):
         order_task.get_config("typo")

@@ -4,6 +4,7 @@ determinism, the dataset around it, the LRA-files path, and the sample grid."""
 from __future__ import annotations
 
 import io
+import time
 from collections import deque
 
 import numpy as np
@@ -94,7 +95,7 @@ def test_generated_dataset_matches_generator():
     c.batch_size, c.eval_batch_size, c.train_size, c.eval_size = 8, 8, 64, 10
     ds = data.get_dataset(c)
     batch = ds.train_batch(2)
-    for row, index in enumerate(ds._train_indices(2)):
+    for row, index in enumerate(ds.train_indices(2)):
         image, label = pathfinder.generate_image(ds.spec, c.seed, int(index))
         np.testing.assert_array_equal(batch["inputs"][row], image.reshape(-1))
         assert batch["labels"][row] == label
@@ -151,29 +152,55 @@ def test_lra_source_reads_the_release_layout(tmp_path):
         data.get_dataset(c)
 
 
-def test_sample_grid(tmp_path):
+def _runs(mask: np.ndarray, min_length: int = 20) -> list[tuple[int, int]]:
+    """``[start, stop)`` of every run of True longer than ``min_length``."""
+    edges = np.flatnonzero(np.diff(np.r_[0, mask.astype(int), 0]))
+    return [(a, b) for a, b in zip(edges[::2], edges[1::2], strict=True) if b - a > min_length]
+
+
+def test_sample_grid_shows_the_generated_images(tmp_path):
     import importlib.util
     import pathlib
+
+    from PIL import Image
 
     path = pathlib.Path(__file__).parents[1] / "docs" / "make_pathfinder_grid.py"
     spec = importlib.util.spec_from_file_location("make_pathfinder_grid", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    out = module.make_grid(tmp_path / "grid.png", per_row=2)
-    assert out.stat().st_size > 1000
+    out = module.make_grid(tmp_path / "grid.png", per_row=2, seed=3)
+    pixels = np.asarray(Image.open(out).convert("L")).astype(int)
+    # The tiles are the dark blocks on the white figure: 2 columns, one row per difficulty.
+    dark = pixels < 128
+    cols = _runs(dark.mean(0) > 0.3)
+    rows = _runs(dark[:, slice(*cols[0])].mean(1) > 0.5)
+    assert len(cols) == 2 and len(rows) == len(module.LENGTHS)
+    for (r0, r1), length in zip(rows, module.LENGTHS, strict=True):
+        for col, (c0, c1) in enumerate(cols):
+            # the centre of each of the 32 x 32 cells of the tile, drawn nearest-neighbour
+            ys = (r0 + (np.arange(32) + 0.5) * (r1 - r0) / 32).astype(int)
+            xs = (c0 + (np.arange(32) + 0.5) * (c1 - c0) / 32).astype(int)
+            image, _ = pathfinder.generate_image(pathfinder.Spec.make(32, length), 3, col)
+            assert np.abs(pixels[np.ix_(ys, xs)] - image).max() <= 1, (length, col)
 
 
 @pytest.mark.slow
-def test_worker_processes_draw_the_same_batches():
+def test_worker_processes_draw_the_same_batches_and_stop_on_close():
+    import multiprocessing
+
     c = data.default_config("pathfinder")
     c.batch_size, c.train_size = 8, 64
     plain = data.get_dataset(c)
     c.workers = 2
-    pooled = data.get_dataset(c)
-    try:
-        for step in (0, 9):
-            a, b = plain.train_batch(step), pooled.train_batch(step)
+    with data.get_dataset(c) as pooled:
+        batches = pooled.train_iter(7)
+        for step in (7, 8, 9):
+            a, b = plain.train_batch(step), next(batches)
             for k in a:
                 np.testing.assert_array_equal(a[k], b[k])
-    finally:
-        pooled.close()
+        assert len(multiprocessing.active_children()) >= 2  # the grain workers
+    # leaving the block closed the train iterator left open, and with it its workers
+    deadline = time.time() + 30
+    while multiprocessing.active_children() and time.time() < deadline:
+        time.sleep(0.1)
+    assert not multiprocessing.active_children()

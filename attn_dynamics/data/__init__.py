@@ -7,11 +7,16 @@
     ds.train_batch(step)                         # a pure function of (config, step)
     ds.train_iter(start_step)                    # batches of start_step, start_step + 1, ...
     ds.eval_splits, ds.eval_batches(split)       # finite passes, padded, with 'weight'
+    ds.train_batches()[step]                     # the grain MapDataset behind train_batch
+    ds.close()  # or `with data.get_dataset(...) as ds:`: stops prefetch threads and workers
 
 Batches: regression ``{'inputs' f32 [B, N, d], 'targets' f32 [B, N, out_dim]}``; classification
 ``{'inputs' i32 [B, T], 'valid' bool [B, T], 'labels' i32 [B]}``; eval batches add ``'weight'``
 f32 [B] (0 on padding rows). With a mesh (axis ``'data'``) they are ``jax.Array``s sharded over
 the batch axis; each process builds only its own rows.
+
+Pipelines are grain ``MapDataset``s (random access by step; iteration through grain's
+prefetch threads and, with ``config.workers``, worker processes): see :mod:`.base`.
 
 Datasets: ``synthetic_regression`` (the theory setting), ``imdb_bytes`` (LRA Text),
 ``image_seq`` (mnist / cifar10 pixels; LRA Image), ``pathfinder`` (generated or LRA files),

@@ -25,7 +25,7 @@ import pathlib
 import numpy as np
 import tensorflow_datasets as tfds
 
-from attn_dynamics.data import pathfinder, tfds_utils
+from attn_dynamics.data import tfds_utils
 from attn_dynamics.data.base import DatasetNotPrepared
 
 RESOLUTIONS = (32, 64, 128, 256)
@@ -150,9 +150,10 @@ def prepare_command(manual_dir: str | None, data_dir: str, resolution: int) -> s
 
 
 class LraSplits:
-    """Train / validation / test index ranges over one difficulty split of the prepared data."""
+    """Train / validation / test index ranges over one difficulty split (e.g.
+    ``curv_contour_length_14``) of the prepared data."""
 
-    def __init__(self, config, resolution: int, contour_length: int):
+    def __init__(self, config, resolution: int, difficulty: str):
         with tfds_utils._quiet_missing_info():
             b = builder(resolution, config.data_dir)
             prepared = b.is_prepared()
@@ -169,12 +170,11 @@ class LraSplits:
                     "config.data.source=generated, which needs no files)"
                 )
         tfds_utils.check_array_record("pathfinder", b.name, b, root)
-        difficulty = pathfinder.difficulty_name(contour_length)
         sources = dict(b.as_data_source())
         if difficulty not in sources:
             raise ValueError(
-                f"pathfinder (lra): no split {difficulty!r} (contour_length={contour_length}) in "
-                f"{b.data_dir}; available: {sorted(sources)}"
+                f"pathfinder (lra): no split {difficulty!r} (set config.data.contour_length "
+                f"to match) in {b.data_dir}; available: {sorted(sources)}"
             )
         self.source = sources[difficulty]
         n = len(self.source)
@@ -198,8 +198,8 @@ class LraSplits:
         return images, np.asarray([r["label"] for r in records], np.int32)
 
 
-def open_splits(config, resolution: int, contour_length: int) -> LraSplits:
-    return LraSplits(config, resolution, contour_length)
+def open_splits(config, resolution: int, difficulty: str) -> LraSplits:
+    return LraSplits(config, resolution, difficulty)
 
 
 def main(argv=None) -> None:

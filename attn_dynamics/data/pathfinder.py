@@ -19,7 +19,9 @@ Two sources (``config.source``):
   the first 80% / next 10% / last 10% of the difficulty's records (as LRA does).
 
 Tokens are pixel intensities ``0..255`` (+ ``token_offset``), row-major, all valid.
-``workers > 0`` draws generated batches in that many spawned processes (same images).
+``workers > 0`` draws the batches of ``train_iter`` / ``eval_batches`` in that many grain
+worker processes (same images); ``close()`` the dataset (or use it in a ``with`` block) to stop
+them.
 
 Generator geometry (at 32x32; lengths scale with ``resolution / 32``): paddles 2 px long and
 1 px wide, 1 px gaps, turns of at most ``MAX_TURN`` between paddles, marker disks of radius 1.
@@ -35,7 +37,6 @@ import dataclasses
 import functools
 import math
 import random
-import threading
 
 import ml_collections
 import numpy as np
@@ -70,7 +71,7 @@ def default_config() -> ml_collections.ConfigDict:
     d.data_dir = config_dict.placeholder(str)  # lra: tfds data dir
     d.manual_dir = config_dict.placeholder(str)  # lra: folder holding pathfinder32/ etc.
     d.download = False  # lra: prepare from manual_dir if not prepared yet
-    d.workers = 0  # generated: processes drawing images (0: in the calling thread)
+    d.workers = 0  # processes drawing the batches of train_iter / eval_batches (0: none)
     d.seed = 0
     return d
 
@@ -394,11 +395,6 @@ class Pathfinder(base.Dataset):
         self.train_batch_size = int(c.batch_size)
         self.eval_batch_size = int(c.eval_batch_size)
         self._check_batch_sizes()
-        self.workers = int(c.workers)
-        if self.workers < 0:
-            raise ValueError(f"pathfinder: workers must be >= 0, got {self.workers}")
-        self._pool = None
-        self._pool_lock = threading.Lock()
         if c.source == "generated":
             if int(c.train_size) < 0 or int(c.eval_size) <= 0:
                 raise ValueError("pathfinder: generated needs train_size >= 0 and eval_size > 0")
@@ -408,7 +404,9 @@ class Pathfinder(base.Dataset):
         else:
             from attn_dynamics.data import lra_pathfinder
 
-            self.lra = lra_pathfinder.open_splits(c, self.resolution, int(c.contour_length))
+            self.lra = lra_pathfinder.open_splits(
+                c, self.resolution, difficulty_name(int(c.contour_length))
+            )
             self.train_size = self.lra.ranges["train"][2]
             self.eval_splits = ("validation", "test")
         self.info = {
@@ -430,30 +428,7 @@ class Pathfinder(base.Dataset):
         if self.lra is not None:
             return self.lra.images(split, indices)
         stream = base.TRAIN_STREAM if split == "train" else base.EVAL_STREAM
-        indices = [int(i) for i in indices]
-        if self.workers > 0 and len(indices) > 1:
-            with self._pool_lock:
-                if self._pool is None:
-                    import concurrent.futures
-                    import multiprocessing
-
-                    self._pool = concurrent.futures.ProcessPoolExecutor(
-                        self.workers, mp_context=multiprocessing.get_context("spawn")
-                    )
-            chunks = [c.tolist() for c in np.array_split(indices, self.workers) if len(c)]
-            parts = self._pool.map(
-                generate_images,
-                *zip(*[(self.spec, self.seed, c, stream) for c in chunks], strict=True),
-            )
-            images, labels = zip(*parts, strict=True)
-            return np.concatenate(images), np.concatenate(labels)
         return generate_images(self.spec, self.seed, indices, stream)
-
-    def close(self) -> None:
-        """Stop the worker processes, if any."""
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
-            self._pool = None
 
     def _examples(self, split, indices):
         images, labels = self.images(split, indices)

@@ -1,8 +1,11 @@
 """``synthetic_regression``: the theory's setting, ``n`` samples of ``N`` tokens in ``d`` dims.
 
 ``X ~ N(0, input_scale^2)`` iid, shape ``[n, N, d]``. Targets are iid ``N(0, 1)``
-(``targets='random'``) or the output of a random :class:`~attn_dynamics.models.TheoryModel`
-teacher with kernel ``teacher_kernel`` (``targets='teacher'``). No files.
+(``targets='random'``) or the output of a random one-layer attention teacher with kernel
+``teacher_kernel`` (``targets='teacher'``): the theory model ``T(X) = A(X W_Q, X W_K) X W_V``
+with LeCun-normal weights, built here from :class:`attn_dynamics.attention.MultiHeadAttention`
+under the parameter path of :class:`attn_dynamics.models.TheoryModel`, so it draws the same
+weights as that model would from the same key. No files.
 
 ``batch_size = 0`` is full batch (gradient descent): every step returns the whole data set.
 Otherwise minibatches walk a fresh permutation of the ``n`` samples every epoch. The only eval
@@ -10,6 +13,9 @@ split is ``'train'`` (the theory is about the training loss).
 """
 
 from __future__ import annotations
+
+import functools
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -46,15 +52,65 @@ def make_data(config) -> tuple[np.ndarray, np.ndarray]:
     if config.targets == "random":
         y = np.random.default_rng([seed, Y_STREAM]).standard_normal((n, seq, out))
         return x, y.astype(np.float32)
+    return x, teacher_targets(x, out, config.teacher_kernel, seed)
+
+
+def teacher_targets(x: np.ndarray, out_dim: int, kernel: str, seed: int) -> np.ndarray:
+    """``T(X)`` float32 of a random teacher :func:`theory_teacher` drawn from ``seed``."""
     import jax
 
-    from attn_dynamics import models
+    teacher = theory_teacher(dim=x.shape[-1], out_dim=out_dim, kernel=kernel)
+    params = teacher.init(jax.random.fold_in(jax.random.key(seed), TEACHER_STREAM), x[:1])
+    return np.asarray(jax.jit(teacher.apply)(params, x), np.float32)
 
-    teacher = models.TheoryModel(dim=dim, out_dim=out, kernel=config.teacher_kernel)
-    key = jax.random.fold_in(jax.random.key(seed), TEACHER_STREAM)
-    params = teacher.init(key, x[:1])
-    y = np.asarray(jax.jit(teacher.apply)(params, x), np.float32)
-    return x, y
+
+def theory_teacher(
+    dim: int,
+    out_dim: int,
+    kernel: str = "softmax",
+    kernel_options=None,
+    qk_init_scale: float = 1.0,
+    v_init_scale: float = 1.0,
+):
+    """A flax module ``T(X) = A(X W_Q, X W_K) X W_V``: one head, no biases, weights
+    ``N(0, scale^2 / d)``, parameters at ``attention/{query,key,value}/kernel`` as in
+    :class:`attn_dynamics.models.TheoryModel` (same key, same weights)."""
+    return _teacher_class()(dim, out_dim, kernel, kernel_options, qk_init_scale, v_init_scale)
+
+
+@functools.cache
+def _teacher_class():
+    import flax.linen as nn
+
+    from attn_dynamics.attention import MultiHeadAttention
+
+    def scaled_normal(scale: float):
+        return nn.initializers.variance_scaling(scale**2, "fan_in", "normal")
+
+    class TheoryTeacher(nn.Module):
+        dim: int
+        out_dim: int
+        kernel: str = "softmax"
+        kernel_options: Any = None
+        qk_init_scale: float = 1.0
+        v_init_scale: float = 1.0
+
+        def setup(self):
+            self.attention = MultiHeadAttention(
+                num_heads=1,
+                qk_features=self.dim,
+                v_features=self.out_dim,
+                kernel=self.kernel,
+                kernel_options=self.kernel_options,
+                use_bias=False,
+                qk_init=scaled_normal(self.qk_init_scale),
+                v_init=scaled_normal(self.v_init_scale),
+            )
+
+        def __call__(self, x):
+            return self.attention(x)
+
+    return TheoryTeacher
 
 
 class SyntheticRegression(base.Dataset):
@@ -103,11 +159,6 @@ class SyntheticRegression(base.Dataset):
         if self._data is None:  # built on first use: get_dataset stays cheap
             self._data = make_data(self.config)
         return self._data
-
-    def _train_indices(self, step: int) -> np.ndarray:
-        if self.full_batch:
-            return np.arange(self.train_size)
-        return self._shuffled_indices(step)
 
     def _examples(self, split: str, indices: np.ndarray) -> dict[str, np.ndarray]:
         x, y = self.arrays
