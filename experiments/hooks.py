@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from attn_dynamics import diagnostics, freezing
+from experiments.distributed import gather
 
 if TYPE_CHECKING:
     from experiments.train import Run
@@ -80,7 +81,7 @@ class MetricLog:
         if self.pending is not None:
             step, row = self.pending
             self.pending = None
-            host = jax.device_get(row)
+            host = gather(row)
             alive = np.asarray(host.pop("alive"))
             self.writer.write(step, host, alive=alive)
             if self.progress is not None:
@@ -120,7 +121,7 @@ class StopAtThreshold:
     every: int = 1
 
     def __call__(self, run: Run) -> None:
-        o = jax.device_get(run.state.outcome)
+        o = gather(run.state.outcome)
         if np.all((o["threshold_step"] >= 0) | ~o["alive"]):
             run.stop_reason = "threshold"
 

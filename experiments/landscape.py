@@ -25,52 +25,17 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import flags
+from matplotlib.figure import Figure
 from ml_collections import config_flags
 
-
-def load_params(workdir: pathlib.Path, seed_index: int):
-    """The final parameters of one seed from a run's orbax checkpoints (no template needed)."""
-    import orbax.checkpoint as ocp
-
-    manager = ocp.CheckpointManager((workdir / "checkpoints").absolute())
-    step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint under {str(workdir / 'checkpoints')!r}")
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    manager.close()
-    params = restored["state"]["params"]
-    return jax.tree.map(lambda a: jnp.asarray(a[seed_index]), params), int(step)
-
-
-def problem(run_config, loss_batches: int = 1):
-    """``(model, loss(params) -> scalar on fixed batches, init params [seeds], mask)``."""
-    from attn_dynamics import data, freezing
-    from experiments import train
-
-    ds = data.get_dataset(run_config.data, mesh=None)
-    model = train.build_model(run_config, ds.info)
-    batches = [ds.train_batch(i) for i in range(loss_batches)]
-    example = train.example_inputs(model, batches[0])
-    init = train.init_params(model, tuple(run_config.seeds), example)
-    loss_of_batch = train.make_loss(model, ds.info["task"])
-    rng = jax.random.key(0)  # dropout off in these configs; the key is only a placeholder
-
-    def loss(params):
-        values = [loss_of_batch(params, b, rng)[0] for b in batches]
-        return sum(values) / len(values)
-
-    spec, layers = train.trainable_spec(run_config.train)
-    one = jax.tree.map(lambda a: a[0], init)
-    mask = freezing.trainable_mask(one, spec, layers)
-    return model, jax.jit(loss), init, mask
+from experiments import checkpointing, measure, rundirs
 
 
 def is_finished(workdir: pathlib.Path) -> bool:
-    path = workdir / "summary.json"
-    return path.exists() and json.loads(path.read_text()).get("status") in ("done", "diverged")
+    summary = rundirs.read_summary(workdir) if (workdir / rundirs.CONFIG).exists() else None
+    return summary is not None and summary.get("status") in ("done", "diverged")
 
 
 def analyse_kernel(config, kernel: str, root: pathlib.Path) -> dict:
@@ -86,10 +51,11 @@ def analyse_kernel(config, kernel: str, root: pathlib.Path) -> dict:
     if not is_finished(workdir):
         train.train_and_evaluate(run, workdir)
     train_seconds = time.time() - t0
-    summary = json.loads((workdir / "summary.json").read_text())
-    _, loss, init, mask = problem(run, int(config.loss_batches))
-    params, step = load_params(workdir, config.seed_index)
-    init_params = jax.tree.map(lambda a: a[config.seed_index], init)
+    summary = rundirs.read_summary(workdir)
+    _, loss, init, mask = measure.problem(run, int(config.loss_batches))
+    params = measure.seed_params(checkpointing.load_params(workdir), config.seed_index)
+    step = checkpointing.latest_step(workdir)
+    init_params = measure.seed_params(init, config.seed_index)
 
     t1 = time.time()
     k1, k2, k3 = jax.random.split(jax.random.key(config.direction_seed), 3)
@@ -102,22 +68,10 @@ def analyse_kernel(config, kernel: str, root: pathlib.Path) -> dict:
     surface_seconds = time.time() - t1
 
     t2 = time.time()
-    from attn_dynamics import freezing
-
-    def trained_only(p):  # sharpness w.r.t. the trained parameters (frozen ones held fixed)
-        trainable, frozen = freezing.split(p, mask)
-        return trainable, (lambda t: loss(freezing.merge(t, frozen)))
-
-    sharp = {}
+    sharp = {}  # w.r.t. the trained parameters (frozen ones held fixed)
     for name, p in (("init", init_params), ("trained", params)):
-        trainable, f = trained_only(p)
-        lam, _, iters = diagnostics.top_hessian_eigenvalue(
-            f,
-            trainable,
-            k3,
-            num_iters=config.hessian_iters,
-            tol=config.hessian_tol,
-            largest="algebraic",
+        lam, iters = diagnostics.sharpness(
+            loss, p, mask, k3, num_iters=config.hessian_iters, tol=config.hessian_tol
         )
         sharp[name] = (float(lam), int(iters))
     hessian_seconds = time.time() - t2
@@ -146,17 +100,14 @@ def analyse_kernel(config, kernel: str, root: pathlib.Path) -> dict:
 
 
 def plot(results: list[dict], root: pathlib.Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Contours and 3-D surfaces, on ``Figure`` objects (a notebook's backend is left alone)."""
     surfaces = [r["surface"] for r in results]
     lo = min(float(s.min()) for s in surfaces)
     hi = max(float(np.percentile(s, 98)) for s in surfaces)
     levels = np.geomspace(max(lo, 1e-6), max(hi, lo * 1.01 + 1e-6), 16)
 
-    fig, axes = plt.subplots(1, len(results), figsize=(3.9 * len(results), 3.6), squeeze=False)
+    fig = Figure(figsize=(3.9 * len(results), 3.6))
+    axes = fig.subplots(1, len(results), squeeze=False)
     for ax, r in zip(axes[0], results, strict=True):
         g = r["grid"]
         cs = ax.contour(g, g, r["surface"].T, levels=levels, cmap="viridis", linewidths=0.9)
@@ -167,9 +118,8 @@ def plot(results: list[dict], root: pathlib.Path) -> None:
         ax.set_ylabel("direction 2")
     fig.tight_layout()
     fig.savefig(root / "landscape_contour.png", dpi=90)
-    plt.close(fig)
 
-    fig = plt.figure(figsize=(4.6 * len(results), 4.0))
+    fig = Figure(figsize=(4.6 * len(results), 4.0))
     for i, r in enumerate(results):
         ax = fig.add_subplot(1, len(results), i + 1, projection="3d")
         a, b = np.meshgrid(r["grid"], r["grid"], indexing="ij")
@@ -180,7 +130,6 @@ def plot(results: list[dict], root: pathlib.Path) -> None:
         ax.tick_params(labelsize=6)
     fig.tight_layout()
     fig.savefig(root / "landscape_surface.png", dpi=80)
-    plt.close(fig)
 
 
 def table(results: list[dict], config) -> str:
@@ -250,15 +199,29 @@ def run(config, root: pathlib.Path) -> str:
     return text
 
 
+HELP_FLAGS = ("-h", "-help", "--help", "--helpshort", "--helpfull")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
-    # Flags are defined here, not at import: the module is also a library (tests, analyses)
+    if any(a in HELP_FLAGS for a in argv[1:]):
+        print(__doc__.strip())
+        print("\nflags:\n  --config=FILE[:ARGS]  required, e.g. configs/landscape.py:theory")
+        print("  --config.FIELD=VALUE  override a field of the config")
+        print("  --workdir=DIR         output directory (default runs/landscape)")
+        return 0
+    # Flags are defined here, not at import: the module is also a library (tests, notebooks)
     # used in processes where experiments.run has already defined --config.
     config_flag = config_flags.DEFINE_config_file(
         "config", None, "configs/landscape.py[:args]", lock_config=True
     )
     workdir_flag = flags.DEFINE_string("workdir", "runs/landscape", "Output directory.")
-    flags.FLAGS(argv)
+    try:
+        flags.FLAGS(argv)
+    except (flags.Error, ValueError) as e:  # unknown flag, bad value, unknown config variant
+        last = (str(e).strip().splitlines() or [type(e).__name__])[-1]  # not the traceback
+        print(f"error: {last.strip()}", file=sys.stderr)
+        return 2
     if config_flag.value is None:
         print("error: --config is required, e.g. --config=configs/landscape.py", file=sys.stderr)
         return 2

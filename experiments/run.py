@@ -22,7 +22,7 @@ import tokenize
 from absl import flags
 from ml_collections import config_flags
 
-from experiments import validation
+from experiments import distributed, validation
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -38,6 +38,17 @@ _SHOW_CONFIG = flags.DEFINE_boolean(
     False,
     "Print every field of the config (overrides applied) with its value and comment, then exit "
     "without running.",
+)
+
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-host: HOST:PORT of process 0's coordination service."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: how many processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process, 0..N-1.")
+_DISTRIBUTED = flags.DEFINE_boolean(
+    "distributed",
+    False,
+    "Multi-host without the three flags above: JAX detects the cluster (SLURM, TPU pod, MPI).",
 )
 
 HELP_FLAGS = ("-h", "-?", "--help", "-help", "--helpshort", "--helpfull", "-helpfull")
@@ -100,6 +111,10 @@ def usage(*, full: bool = False) -> str:
         ),
         ("--workdir=DIR", flags.FLAGS["workdir"].help),
         ("--show_config", flags.FLAGS["show_config"].help),
+        ("--coordinator_address=H:P", flags.FLAGS["coordinator_address"].help),
+        ("--num_processes=N", flags.FLAGS["num_processes"].help),
+        ("--process_id=I", flags.FLAGS["process_id"].help),
+        ("--distributed", flags.FLAGS["distributed"].help),
         ("-h, --help", "This help. --helpfull: also absl's own flags."),
     ]
     width = max(len(name) for name, _ in rows) + 2
@@ -209,12 +224,23 @@ def parse(argv: list[str]):
         fail(str(e))
     if config.train.get("deterministic_gpu", False):
         set_xla_flag(validation.DETERMINISTIC_GPU_FLAG)
+    if problem := distributed.check(cluster()):
+        fail(problem)
     workdir = _WORKDIR.value
     if workdir is None:
         name = pathlib.Path(spec.partition(":")[0]).stem
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         workdir = str(pathlib.Path("runs") / f"{name}-{stamp}")
     return config, workdir
+
+
+def cluster() -> distributed.Cluster:
+    return distributed.Cluster(
+        coordinator_address=_COORDINATOR.value,
+        num_processes=_NUM_PROCESSES.value,
+        process_id=_PROCESS_ID.value,
+        auto=_DISTRIBUTED.value,
+    )
 
 
 def set_xla_flag(flag: str) -> None:
@@ -347,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         print(usage(full=kind == "full"))
         return 0
     config, workdir = parse(argv)
+    distributed.initialize(cluster())  # before any other JAX call
     from experiments import train  # imports JAX: only once the config is known to be valid
 
     try:
@@ -355,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
         fail(str(e))
     except train.data.DatasetNotPrepared as e:
         fail(str(e))
+    except train.RunFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(
         f"status: {summary['status']}  final loss: {summary['final_loss']}  "
         f"wall time: {summary['wall_seconds']:.1f} s  workdir: {workdir}",

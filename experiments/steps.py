@@ -15,6 +15,7 @@ import numpy as np
 import optax
 
 from attn_dynamics import diagnostics, freezing, models
+from experiments.distributed import gather
 from experiments.state import TrainState, track_outcome
 
 PyTree = Any
@@ -212,7 +213,7 @@ def make_evaluator(model, task: str, ds) -> Callable[[PyTree], dict]:
                     # Position terms once per split (one FLOATER solve, not one per batch).
                     length = batch["inputs"].shape[1] + (model.pooling == "cls")
                     terms = terms_of(params, length)
-                sums = np.asarray(jax.device_get(eval_step(params, batch, terms)))
+                sums = np.asarray(gather(eval_step(params, batch, terms)))
                 totals = sums if totals is None else totals + sums
             if totals is None:
                 continue

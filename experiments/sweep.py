@@ -101,7 +101,7 @@ def make_executor(root: str):
         parameters[key.strip()] = grid.literal(value.strip())
     try:
         return grid.Submitit.slurm(folder, **parameters)
-    except (TypeError, ValueError, RuntimeError) as e:  # submitit: unknown parameter, no sbatch
+    except (NameError, TypeError, ValueError, RuntimeError) as e:  # unknown parameter, no srun
         run.fail(f"--executor=slurm: {' '.join(str(e).split())}")
 
 

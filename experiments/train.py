@@ -34,10 +34,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from attn_dynamics import attention, data, freezing, kernels, models, position
-from experiments import checkpointing, hooks, logs, optim, sharding, steps
+from attn_dynamics import data, freezing, models
+from experiments import checkpointing, hooks, logs, optim, sharding, steps, validation
+from experiments.distributed import gather
 from experiments.state import TrainState, initial_outcome
 from experiments.steps import make_loss, make_train_step  # noqa: F401 -- public API
+from experiments.validation import ConfigError  # noqa: F401 -- bad input: the CLI exits 2
 from experiments.workdir import (
     RESUMABLE_CHANGES,  # noqa: F401 -- public API
     WorkdirError,
@@ -50,12 +52,7 @@ from experiments.workdir import (
 PyTree = Any
 INIT_STREAM, DROPOUT_STREAM = 0, 1  # fold_in ids: changing the frozen set never changes init
 
-MODELS = ("theory", "encoder")
-DETERMINISTIC_GPU_FLAG = "--xla_gpu_deterministic_ops=true"
-
-
-class ConfigError(ValueError):
-    """Bad user input, found before anything expensive runs; the CLI exits 2 with it."""
+DETERMINISTIC_GPU_FLAG = validation.DETERMINISTIC_GPU_FLAG
 
 
 class RunFailed(RuntimeError):
@@ -143,40 +140,10 @@ def init_params(model, seeds, example: tuple) -> PyTree:
 # Validation: every check that can fail on user input runs before any compilation
 
 
-def _choice(what: str, value, valid) -> None:
-    if value not in valid:
-        raise ConfigError(f"unknown {what} {value!r}; valid choices: {list(valid)}")
-
-
 def validate(config: ml_collections.ConfigDict) -> None:
-    m, t = config.model, config.train
-    _choice("config.model.name", m.name, MODELS)
-    _choice("config.model.kernel", m.kernel, kernels.names())
-    _choice("config.model.implementation", m.implementation, attention.IMPLEMENTATIONS)
-    if m.implementation == "fast" and kernels.lookup(m.kernel).softmax_form is None:
-        fast = [n for n in kernels.names() if kernels.lookup(n).softmax_form is not None]
-        raise ConfigError(
-            f"config.model.implementation='fast' needs a softmax kernel, not {m.kernel!r}; "
-            f"valid: {fast} (or implementation='explicit')"
-        )
-    if m.name == "encoder":
-        _choice("config.model.position", m.position, position.names())
-        _choice("config.model.pooling", m.pooling, ("mean", "cls"))
-        _choice("config.model.embedding", m.embedding, ("tokens", "dense"))
-    seeds = tuple(config.seeds)
-    if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
-        raise ConfigError(f"config.seeds must be distinct integers, got {seeds!r}")
-    for name in ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
-        if t[name] <= 0:
-            raise ConfigError(f"config.train.{name} must be positive, got {t[name]!r}")
-    lr = t.learning_rate
-    if not (isinstance(lr, float | int) and np.isfinite(lr) and lr > 0):
-        raise ConfigError(f"config.train.learning_rate must be finite and positive, got {lr!r}")
-    if t.init_from is not None and checkpointing.latest_step(pathlib.Path(t.init_from)) is None:
-        raise ConfigError(
-            f"config.train.init_from={t.init_from!r} holds no checkpoint (give a run's workdir "
-            "or its checkpoints/ folder)"
-        )
+    """:func:`experiments.validation.validate` (no JAX needed) plus what needs the libraries."""
+    validation.validate(config)
+    t = config.train
     if t.deterministic_gpu and DETERMINISTIC_GPU_FLAG not in os.environ.get("XLA_FLAGS", ""):
         raise ConfigError(
             "config.train.deterministic_gpu needs XLA_FLAGS to hold "
@@ -333,7 +300,7 @@ def _run(setup: Setup, path: pathlib.Path, stop, user_hooks, user_metrics) -> di
     _check_rows(writer, start, num_steps, log_every, metrics)
 
     task = ds.info["task"]
-    baseline_loss = steps.baseline_loss(jax.device_get(setup.first_batch), task)
+    baseline_loss = steps.baseline_loss(gather(setup.first_batch), task)
     baseline = jnp.full((len(seeds),), config.train.baseline_threshold * baseline_loss)
     progress = logs.progress_bar(config.train.progress_bar and writes, start, num_steps)
     run = Run(
@@ -461,7 +428,7 @@ def loop(run: Run, step_fns: dict, all_hooks, stop, progress) -> None:
         for hook in all_hooks:
             if hooks.due(hook, run.done):
                 hook(run)
-        if previous_alive is not None and not np.asarray(previous_alive).any():
+        if previous_alive is not None and not np.asarray(gather(previous_alive)).any():
             break  # every seed had diverged by the step before: this one changed nothing
         previous_alive = jnp.copy(run.state.outcome["alive"])
         if stop.requested or run.stop_reason:
@@ -471,7 +438,7 @@ def loop(run: Run, step_fns: dict, all_hooks, stop, progress) -> None:
 def finish(run: Run, interrupted: bool, compile_seconds: float, wall: float, writes: bool) -> dict:
     setup, config = run.setup, run.setup.config
     final_step = int(run.state.step)
-    outcome = jax.device_get(run.state.outcome)
+    outcome = gather(run.state.outcome)
     evaluation = {} if interrupted else run.evaluate(run.params())
     if evaluation and not run.writer.has_eval(final_step):
         run.writer.write_eval(final_step, evaluation)
@@ -562,10 +529,9 @@ def warm_start(params: PyTree, source: str) -> PyTree:
 
 def max_frozen_change(frozen, initial_params, mask) -> float:
     """Largest |change| of any frozen parameter since initialisation (must be exactly 0.0)."""
-    _, frozen0 = freezing.split(initial_params, mask)
-    diffs = jax.tree.map(lambda a, b: jnp.max(jnp.abs(a - b)), frozen, frozen0)
-    leaves = jax.tree_util.tree_leaves(diffs)
-    return float(max((float(x) for x in leaves), default=0.0))
+    _, frozen0 = freezing.split(jax.device_get(initial_params), mask)
+    diffs = jax.tree.map(lambda a, b: np.max(np.abs(a - b)), gather(frozen), frozen0)
+    return float(max(jax.tree_util.tree_leaves(diffs), default=0.0))
 
 
 class _StopFlag:
