@@ -202,6 +202,34 @@ def test_workers_get_disjoint_gpus_or_a_share_of_the_cores(monkeypatch):
     assert all(e["OMP_NUM_THREADS"] == "1" for e in single)
 
 
+def test_slurm_flags_become_the_sbatch_header(tmp_path, monkeypatch):
+    """No cluster here: a stand-in ``srun`` on PATH lets submitit build the job script."""
+    (tmp_path / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (tmp_path / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    argv = ["sweep", "--config=configs/qk_frozen.py:smoke", f"--workdir={tmp_path / 'g'}"]
+    argv += ["--executor=slurm", "--slurm_partition=gpu", "--slurm_time=90"]
+    argv += ["--slurm_gpus_per_cell=2", "--slurm_param=slurm_account=abc"]
+    sweep.run.parse(argv)
+    executor = sweep.make_executor(str(tmp_path / "g"))
+    text = executor.executor._executor._make_submission_file_text("python -m x", "0")
+    for line in ("--partition=gpu", "--time=90", "--gpus-per-node=2", "--account=abc"):
+        assert f"#SBATCH {line}\n" in text
+
+
+def test_slurm_without_a_cluster_is_one_line(tmp_path):
+    if shutil.which("srun"):
+        pytest.skip("a SLURM cluster is here")
+    out = cli(
+        "--config=configs/qk_frozen.py:smoke",
+        f"--workdir={tmp_path}",
+        "--executor=slurm",
+        "--axis=model.kernel=softmax",
+    )
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert "srun" in out.stderr
+
+
 # --------------------------------------------------------------------------------------------
 # Running grids
 
