@@ -184,7 +184,7 @@ class Run:
     frozen: PyTree
     trainable0: PyTree
     baseline_loss: float  # the best constant predictor's loss on the first batch
-    baseline: jax.Array  # per seed: the loss level of the baseline-relative criterion
+    baseline: np.ndarray  # per seed: the loss level of the baseline-relative criterion
     ckpt: checkpointing.Checkpointer
     writer: Any
     log: hooks.MetricLog
@@ -301,7 +301,7 @@ def _run(setup: Setup, path: pathlib.Path, stop, user_hooks, user_metrics) -> di
 
     task = ds.info["task"]
     baseline_loss = steps.baseline_loss(gather(setup.first_batch), task)
-    baseline = jnp.full((len(seeds),), config.train.baseline_threshold * baseline_loss)
+    baseline = np.full((len(seeds),), config.train.baseline_threshold * baseline_loss, np.float32)
     progress = logs.progress_bar(config.train.progress_bar and writes, start, num_steps)
     run = Run(
         setup=setup,
@@ -337,26 +337,35 @@ def _run(setup: Setup, path: pathlib.Path, stop, user_hooks, user_metrics) -> di
 
 
 def initial_state(setup: Setup) -> tuple[TrainState, PyTree, PyTree]:
-    """Fresh ``(state, frozen, trainable0)``, laid out over the mesh: seeds over ``seeds``."""
+    """Fresh ``(state, frozen, trainable0)``, laid out over the mesh: seeds over ``seeds``.
+
+    Built by one jitted function with output shardings, from host parameters: every process
+    computes its own shards, nothing is sent between hosts (and no NaN placeholder is compared
+    across processes, as a ``device_put`` of global values would)."""
     config, model = setup.config, setup.model
     seeds = tuple(config.seeds)
     params = init_params(model, seeds, setup.example)
     if config.train.init_from is not None:
         params = warm_start(params, config.train.init_from)
-    trainable, frozen = freezing.split(params, setup.mask)
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        trainable=trainable,
-        opt_state=jax.vmap(setup.tx.init)(trainable),
-        outcome=initial_outcome(len(seeds)),
-        rng=seed_keys(seeds, DROPOUT_STREAM),
-        position_cache=None,
-    )
+    refresh = None
     if solve_every(config) > 1:
         refresh = position_refresher(model, setup.first_batch)
-        state = state.replace(position_cache=jax.vmap(refresh)(params))
-    layout = lambda tree: sharding.seed_sharded(setup.mesh, tree, len(seeds))
-    state, frozen = jax.device_put((state, frozen), layout((state, frozen)))
+
+    def build(params):
+        trainable, frozen = freezing.split(params, setup.mask)
+        state = TrainState(
+            step=jnp.zeros((), jnp.int32),
+            trainable=trainable,
+            opt_state=jax.vmap(setup.tx.init)(trainable),
+            outcome=initial_outcome(len(seeds)),
+            rng=seed_keys(seeds, DROPOUT_STREAM),
+            position_cache=None if refresh is None else jax.vmap(refresh)(params),
+        )
+        return state, frozen
+
+    host_params = jax.device_get(params)
+    layout = sharding.seed_sharded(setup.mesh, jax.eval_shape(build, host_params), len(seeds))
+    state, frozen = jax.jit(build, out_shardings=layout)(host_params)
     trainable0 = jax.tree.map(jnp.copy, state.trainable)  # not aliased with the donated state
     return state, frozen, trainable0
 
@@ -391,7 +400,7 @@ def compile_steps(run: Run, config) -> dict[str, Callable]:
     loss_fn = make_loss(setup.model, setup.ds.info["task"])
     threshold = config.train.loss_threshold
     batch = setup.first_batch if run.done == 0 else setup.ds.train_batch(run.done)
-    args = (run.state, run.frozen, run.trainable0, batch, jnp.asarray(True), run.baseline)
+    args = (run.state, run.frozen, run.trainable0, batch, np.asarray(True), run.baseline)
     compile_step = lambda fn: jax.jit(fn, donate_argnums=0).lower(*args).compile()
     refresh = None
     if solve_every(config) > 1:
@@ -419,7 +428,7 @@ def loop(run: Run, step_fns: dict, all_hooks, stop, progress) -> None:
             row["alive"] = jnp.copy(run.state.outcome["alive"])
         compiled = step_fns["solve"] if step % update_every == 0 else step_fns["cached"]
         run.state, metrics = compiled(
-            run.state, run.frozen, run.trainable0, batch, jnp.asarray(logged), run.baseline
+            run.state, run.frozen, run.trainable0, batch, np.asarray(logged), run.baseline
         )
         if logged:
             run.log.push(step, {**metrics, **row})
