@@ -26,6 +26,7 @@ import ast
 import concurrent.futures
 import copy
 import dataclasses
+import glob
 import itertools
 import json
 import math
@@ -377,8 +378,20 @@ def worker_environments(parallel: int, gpus: list[str] | None = None) -> list[di
             {"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)], "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
             for i in range(parallel)
         ]
+    if parallel > 1 and tpu_present():
+        raise ValueError(
+            f"--parallel={parallel} on a TPU host: one process owns the TPU chips; use "
+            "--parallel=1 (cells then run one after another on all chips)"
+        )
     threads = max(1, cpu_count() // parallel)
     return [cpu_environment(threads) for _ in range(parallel)]
+
+
+def tpu_present() -> bool:
+    """TPU chips on this host that JAX would use (JAX_PLATFORMS=cpu opts out)."""
+    if os.environ.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
+        return False
+    return bool(glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*"))
 
 
 def cpu_environment(threads: int) -> dict[str, str]:
@@ -386,7 +399,6 @@ def cpu_environment(threads: int) -> dict[str, str]:
     if threads == 1 and "xla_cpu_multi_thread_eigen" not in flags:
         flags = f"{flags} --xla_cpu_multi_thread_eigen=false".strip()
     return {
-        "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS") or "cpu",
         "XLA_FLAGS": flags,
         "OMP_NUM_THREADS": str(threads),
         "OPENBLAS_NUM_THREADS": str(threads),
@@ -413,7 +425,7 @@ class ProcessPool:
         if parallel < 1:
             raise ValueError(f"parallel must be >= 1, got {parallel}")
         self.parallel = parallel
-        self.environments = environments
+        self.environments = environments or worker_environments(parallel)
 
     def run(self, tasks: list[Task]) -> Iterator[tuple[Task, dict | BaseException]]:
         if not tasks:
@@ -421,7 +433,7 @@ class ProcessPool:
         workers = min(self.parallel, len(tasks))
         context = multiprocessing.get_context("spawn")
         slots = context.Queue()
-        for env in (self.environments or worker_environments(self.parallel))[:workers]:
+        for env in self.environments[:workers]:
             slots.put(env)
         pool = concurrent.futures.ProcessPoolExecutor(
             workers, mp_context=context, initializer=_init_worker, initargs=(slots,)

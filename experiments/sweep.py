@@ -76,11 +76,15 @@ def make_executor(root: str):
     if _PARALLEL.value < 1:
         run.fail(f"--parallel must be >= 1, got {_PARALLEL.value}")
     kind = _EXECUTOR.value
-    if kind == "local":
-        return grid.InProcess() if _PARALLEL.value == 1 else grid.ProcessPool(_PARALLEL.value)
+    try:
+        if kind == "local":
+            return grid.InProcess() if _PARALLEL.value == 1 else grid.ProcessPool(_PARALLEL.value)
+        if kind == "local_submitit":
+            folder = f"{root}/.submitit"
+            return grid.Submitit.local(folder, _PARALLEL.value, timeout_min=_SLURM_TIME.value)
+    except ValueError as e:  # e.g. --parallel > 1 on a TPU host
+        run.fail(str(e))
     folder = f"{root}/.submitit"
-    if kind == "local_submitit":
-        return grid.Submitit.local(folder, _PARALLEL.value, timeout_min=_SLURM_TIME.value)
     parameters = {
         "timeout_min": _SLURM_TIME.value,
         "gpus_per_node": _SLURM_GPUS.value,
