@@ -1,38 +1,39 @@
 """Input-pipeline throughput vs what a training step of the same config consumes.
 
-For every pipeline: batches per second of ``ds.train_batch(step)`` (one thread, no prefetch,
-host NumPy arrays, distinct steps), and the time of one training step of the model at that
-config's size, measured here as ``jax.jit(jax.grad(loss))`` of ``models.EncoderClassifier``
-(2 layers, embedding 64, MLP 128, 2 heads; the theory model for synthetic regression) on the
-same batch on the default JAX device. ``ratio`` = step time / batch time: how many times
-faster the data comes than the step eats it (target >= 10).
+For every pipeline: the time of ``ds.train_batch(step)`` (one thread, no prefetch, host NumPy
+arrays, distinct steps; median over steps of wall and CPU time), and the time of one training
+step of the model at that config's size, measured here as ``jax.jit(jax.grad(loss))`` of
+``models.EncoderClassifier`` (2 layers, embedding 64, MLP 128, 2 heads; the theory model for
+synthetic regression) on the same batch on the default JAX device. ``ratio`` = step time /
+batch wall time: how many times faster the data comes than the step eats it (target >= 10).
+
+``--baseline=REV`` also times the data layer of git revision ``REV`` (its ``attn_dynamics``
+and ``configs``, extracted with ``git archive``) on the same pipelines, in separate processes
+interleaved with the current tree's, ``--rounds`` times, and reports both (medians over
+rounds): a before/after comparison on a noisy shared machine.
 
 imdb_bytes and image_seq read tiny local ArrayRecord copies built by
 ``attn_dynamics.data.testing`` (same readers and decoding as the real data; real IMDb reviews
 average ~1.3 kB vs ~0.8 kB here).
 
-    python benchmarks/data.py            # prints the table and records it in RESULTS.md
-    python benchmarks/data.py --quick    # fewer repetitions, no recording
+    python benchmarks/data.py                          # prints the table, records RESULTS.md
+    python benchmarks/data.py --baseline=e236eb5       # before/after columns
+    python benchmarks/data.py --quick                  # fewer repetitions, no recording
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import pathlib
+import subprocess
 import sys
 import tempfile
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from attn_dynamics import data, models  # noqa: E402
-from attn_dynamics.data import testing  # noqa: E402
 
 
 def pipelines(tiny_dir: str):
@@ -53,15 +54,56 @@ def pipelines(tiny_dir: str):
     ]
 
 
-def time_batches(ds, reps: int) -> float:
+def load_config(module: str, arg, overrides: dict):
+    config = importlib.import_module(f"configs.{module}").get_config(arg)
+    for key, value in overrides.items():
+        config.data[key] = value
+    return config
+
+
+def time_batches(ds, reps: int) -> tuple[float, float]:
+    """Median (wall, CPU) seconds of ``ds.train_batch(step)`` over ``reps`` distinct steps."""
+    import numpy as np
+
     ds.train_batch(0)  # warm caches (stamps, permutations, file handles)
-    t = time.perf_counter()
+    wall, cpu = [], []
     for step in range(1, reps + 1):
+        t, c = time.perf_counter(), time.process_time()
         ds.train_batch(step)
-    return (time.perf_counter() - t) / reps
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return float(np.median(wall)), float(np.median(cpu))
+
+
+def batch_times(repo: str, tiny_dir: str, reps: int) -> dict:
+    """``{label: (wall, cpu)}`` with the data layer and configs of the tree at ``repo``."""
+    sys.path.insert(0, repo)
+    from attn_dynamics import data
+
+    out = {}
+    for label, module, arg, overrides in pipelines(tiny_dir):
+        ds = data.get_dataset(load_config(module, arg, overrides).data)
+        out[label] = time_batches(ds, reps)
+        getattr(ds, "close", lambda: None)()
+    return out
+
+
+def batch_times_in(repo: pathlib.Path, tiny_dir: str, reps: int) -> dict:
+    """:func:`batch_times` in a fresh process (so trees never share imported modules)."""
+    cmd = [sys.executable, __file__, "--batch-times", str(repo), "--tiny", tiny_dir]
+    cmd += ["--reps", str(reps)]
+    env = dict(os.environ, PYTHONPATH="")
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo, env=env, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"timing {repo} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def make_step(config, info):
+    import jax
+
+    from attn_dynamics import models
+
     m = config.model
     if info["task"] == "regression":
         model = models.TheoryModel(dim=info["dim"], out_dim=info["out_dim"], kernel=m.kernel)
@@ -95,6 +137,8 @@ def make_step(config, info):
 
 
 def time_step(config, ds, reps: int) -> float:
+    import jax
+
     batch = ds.train_batch(0)
     init, grad = make_step(config, ds.info)
     params = init(batch)
@@ -106,49 +150,93 @@ def time_step(config, ds, reps: int) -> float:
     return (time.perf_counter() - t) / reps
 
 
+def extract(rev: str, into: pathlib.Path) -> pathlib.Path:
+    """The files of ``rev`` (``git archive``) under ``into``."""
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", rev], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def median_over_rounds(rounds: list[dict]) -> dict:
+    import numpy as np
+
+    return {k: tuple(np.median([r[k] for r in rounds], axis=0)) for k in rounds[0]}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, no recording")
+    parser.add_argument("--baseline", help="git revision whose data layer to compare with")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (baseline)")
+    parser.add_argument("--no-record", action="store_true", help="print only")
+    parser.add_argument("--batch-times", metavar="REPO", help=argparse.SUPPRESS)
+    parser.add_argument("--tiny", help=argparse.SUPPRESS)
+    parser.add_argument("--reps", type=int, default=20, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    batch_reps, step_reps = (5, 1) if args.quick else (20, 2)
-    rows = []
-    with tempfile.TemporaryDirectory() as tiny_dir:
+    if args.batch_times:  # the child process of batch_times_in
+        print(json.dumps(batch_times(args.batch_times, args.tiny, args.reps)))
+        return
+    batch_reps, step_reps = (5, 1) if args.quick else (args.reps, 2)
+    rounds = 1 if args.quick else args.rounds
+    sys.path.insert(0, str(REPO))
+    import jax
+
+    from attn_dynamics import data
+    from attn_dynamics.data import testing
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tiny_dir = os.path.join(tmp, "tfds")
         for name in ("imdb_reviews", "cifar10"):
             testing.build_tiny_tfds(name, tiny_dir, num_train=512, num_test=64)
+        trees = {"current": REPO}
+        if args.baseline:
+            trees = {"baseline": extract(args.baseline, pathlib.Path(tmp)), **trees}
+        times: dict[str, list[dict]] = {name: [] for name in trees}
+        load = [os.getloadavg()[0]]
+        for _ in range(rounds):
+            for name, tree in trees.items():
+                times[name].append(batch_times_in(tree, tiny_dir, batch_reps))
+                load.append(os.getloadavg()[0])
+        batch = {name: median_over_rounds(t) for name, t in times.items()}
+        rows = []
         for label, module, arg, overrides in pipelines(tiny_dir):
-            config = importlib.import_module(f"configs.{module}").get_config(arg)
-            for key, value in overrides.items():
-                config.data[key] = value
+            config = load_config(module, arg, overrides)
             ds = data.get_dataset(config.data)
-            t_batch = time_batches(ds, batch_reps)
             t_step = time_step(config, ds, step_reps)
-            b = ds.train_batch_size
-            shape = "x".join(str(s) for s in np.shape(ds.train_batch(0)["inputs"]))
-            rows.append((label, shape, b / t_batch, 1 / t_batch, t_batch, t_step, t_step / t_batch))
-            print(
-                f"{label:50s} [{shape}] {b / t_batch:10.0f} ex/s {1 / t_batch:9.1f} batch/s "
-                f"batch {t_batch * 1e3:8.2f} ms  step {t_step * 1e3:9.2f} ms  "
-                f"ratio {t_step / t_batch:7.1f}",
-                flush=True,
-            )
+            shape = "x".join(str(s) for s in ds.train_batch(0)["inputs"].shape)
+            rows.append((label, shape, {n: batch[n][label] for n in trees}, t_step))
+            print(f"{label:50s} [{shape}] step {t_step * 1e3:9.1f} ms", flush=True)
+    names = list(trees)
+    flag = f" --baseline={args.baseline}" if args.baseline else ""
+    before = f" (baseline {args.baseline} vs current)" if args.baseline else ""
     lines = [
-        "Command: `python benchmarks/data.py`. One thread, no prefetch; the step is "
-        "`jax.jit(jax.grad(loss))` of the config's model on the default device "
-        f"({jax.devices()[0].platform}). Ratio = step time / batch time (target >= 10). "
-        f"Load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (a "
-        "shared machine inflates both times alike).",
+        f"Command: `python benchmarks/data.py{flag}`. `train_batch(step)` in one thread, no "
+        f"prefetch{before}: median over "
+        f"{batch_reps} steps of wall / CPU ms per batch, median over {rounds} interleaved "
+        "rounds. The step is `jax.jit(jax.grad(loss))` of the config's model on the default "
+        f"device ({jax.devices()[0].platform}). Ratio = step time / current batch wall time "
+        f"(target >= 10). Load average during the batch timings: {min(load):.1f} to "
+        f"{max(load):.1f} on {os.cpu_count()} cores (a shared machine inflates wall times; "
+        "CPU times are steadier).",
         "",
-        "| pipeline | batch | examples/s | batches/s | batch ms | train step ms | ratio |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| pipeline | batch | "
+        + " | ".join(f"{n} batch ms (wall / CPU)" for n in names)
+        + " | current examples/s | train step ms | ratio |",
+        "|---|---|" + "---:|" * (len(names) + 3),
     ]
-    for label, shape, eps, bps, tb, ts, ratio in rows:
+    for label, shape, per_tree, t_step in rows:
+        wall = per_tree["current"][0]
+        cells = " | ".join(f"{w * 1e3:.3f} / {c * 1e3:.3f}" for w, c in per_tree.values())
+        examples = int(shape.split("x")[0]) / wall
         lines.append(
-            f"| {label} | {shape} | {eps:,.0f} | {bps:,.1f} | {tb * 1e3:.2f} | {ts * 1e3:.1f} "
-            f"| {ratio:,.1f} |"
+            f"| {label} | {shape} | {cells} | {examples:,.0f} | {t_step * 1e3:.1f} "
+            f"| {t_step / wall:,.1f} |"
         )
     table = "\n".join(lines)
     print(table)
-    if not args.quick:
+    if not (args.quick or args.no_record):
         from benchmarks._results import record
 
         record(f"data ({jax.devices()[0].platform})", table)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from attn_dynamics import data
-from attn_dynamics.data import order, synthetic, testing
+from attn_dynamics.data import base, order, synthetic, testing
 from experiments import defaults
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -217,6 +217,25 @@ def test_epochs_visit_every_example_once():
     x, _ = ds.arrays
     batch = ds.train_batch(1)
     np.testing.assert_array_equal(batch["inputs"], x[ds.train_indices(1)])
+
+
+@pytest.mark.parametrize("size,rows", [(10, 4), (12, 4), (7, 7), (5, 8)])
+def test_train_order_is_a_walk_over_epoch_permutations(size, rows):
+    """Batches run across epoch ends; each epoch is its own seeded permutation."""
+    seed, epochs = 5, 12
+    stream = np.concatenate(
+        [
+            np.random.default_rng([seed, base.SHUFFLE_STREAM, e]).permutation(size)
+            for e in range(epochs)
+        ]
+    )
+    shuffled = base.TrainOrder(size, rows, seed)
+    in_order = base.TrainOrder(size, rows, seed, shuffle=False)
+    endless = base.TrainOrder(0, rows, seed)
+    for k in range(epochs * size // rows):
+        np.testing.assert_array_equal(shuffled(k), stream[k * rows : (k + 1) * rows])
+        np.testing.assert_array_equal(in_order(k), np.arange(k * rows, (k + 1) * rows) % size)
+        np.testing.assert_array_equal(endless(k), np.arange(k * rows, (k + 1) * rows))
 
 
 def test_full_batch_regression():
