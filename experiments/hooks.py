@@ -15,7 +15,10 @@ so an evaluation or checkpoint that was due is never skipped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
+import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -146,3 +149,30 @@ def sharpness_metric(loss_fn: Callable, every: int, num_iters: int = 20) -> Metr
 
 def _keys(n: int) -> jax.Array:
     return jax.random.split(jax.random.key(0), n)  # fixed start vectors: reruns agree
+
+
+class StopOnSignal:
+    """SIGINT/SIGTERM request a checkpoint and a clean exit instead of killing the run."""
+
+    def __init__(self):
+        self.requested = False
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second signal: give up immediately
+            raise KeyboardInterrupt
+        self.requested = True
+        logging.warning("signal %d: saving a checkpoint and stopping", signum)
+
+    @contextlib.contextmanager
+    def installed(self):
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for s in previous:
+                signal.signal(s, self._handle)
+        except ValueError:  # not the main thread (e.g. some notebook runners): no handlers
+            previous = {}
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)

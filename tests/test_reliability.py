@@ -132,8 +132,12 @@ def small_filesystem(path: pathlib.Path, size: str):
 @pytest.mark.slow
 def test_a_full_disk_ends_the_run_with_one_line_and_keeps_the_last_checkpoint(tmp_path):
     with small_filesystem(tmp_path / "disk", "400k") as disk:
-        args = [KILL_CASES["main_job"][0], "--config.train.num_steps=100000",
-                "--config.train.checkpoint_every=200", "--config.train.keep_checkpoints=100"]  # fmt: skip
+        args = [
+            KILL_CASES["main_job"][0],
+            "--config.train.num_steps=100000",
+            "--config.train.checkpoint_every=200",
+            "--config.train.keep_checkpoints=100",
+        ]
         t0 = time.time()
         result = run_cli(args, disk / "run", timeout=600)
         assert result.returncode == 1, result.stderr[-2000:]
