@@ -65,7 +65,7 @@ def norms_by_matrix(tree) -> dict[str, Array]:
     """L2 norm of each matrix (its kernel and bias together), keyed by :func:`matrix_of`."""
     squares: dict[str, Array] = defaultdict(lambda: jnp.zeros((), jnp.float32))
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        name = matrix_of(freezing.path_str(path))
+        name = matrix_of(jax.tree_util.keystr(path, simple=True, separator="/"))
         squares[name] = squares[name] + jnp.sum(jnp.square(leaf.astype(jnp.float32)))
     return {name: jnp.sqrt(s) for name, s in squares.items()}
 
@@ -173,6 +173,22 @@ def top_hessian_eigenvalue(
         v = jnp.where(shift < 0, v2, v)
         iters = iters + jnp.where(shift < 0, more, 0)
     return lam, unravel(v), iters
+
+
+def sharpness(loss_fn, params, mask, key: Array, **power_iteration) -> tuple[Array, Array]:
+    """Top Hessian eigenvalue of ``loss_fn`` w.r.t. the leaves where ``mask`` is True only.
+
+    Frozen parameters are held at their values: they are not directions the optimiser moves
+    in, so they do not count towards the step-size limit ``lr < 2 / sharpness``. Keyword
+    arguments go to :func:`top_hessian_eigenvalue` (``largest='algebraic'`` unless given).
+    Returns ``(eigenvalue, iterations)``.
+    """
+    trainable, frozen = freezing.split(params, mask)
+    power_iteration = {"largest": "algebraic", **power_iteration}
+    lam, _, iters = top_hessian_eigenvalue(
+        lambda t: loss_fn(freezing.merge(t, frozen)), trainable, key, **power_iteration
+    )
+    return lam, iters
 
 
 def _power_iteration(matvec, v0: Array, num_iters: int, tol: float):

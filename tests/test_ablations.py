@@ -1,14 +1,15 @@
-"""The ablation configs end to end: ``:smoke`` grids through ``experiments.sweep`` (subprocesses,
-launched together), then the analysis scripts' tables and plots.
+"""The ablation configs end to end: ``:smoke`` grids trained in one subprocess (started when the
+module starts, so the tests that do not need it run meanwhile), then the analyses' tables checked
+number by number against the run directories, read here independently (plain ``json``).
 
-Grids are cut to a few cells by a wrapper config (same ``get_config``, smaller ``get_sweep``);
-every cell of every full grid is still validated in-process.
+Grids are cut to a few cells; every cell of every full grid is still validated in-process.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import pathlib
 import subprocess
@@ -18,8 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats
 
-from experiments import ablations, sweep, train
+from attn_dynamics.data import student_teacher
+from experiments import analyses, grid, measure, train
+from experiments.analyses import cells as cells_lib
+from experiments.analyses import tables
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SWEEP_CONFIGS = [
@@ -32,7 +37,7 @@ SWEEP_CONFIGS = [
     "floater_extrapolation",
 ]
 
-# Reduced smoke grids: kind -> [(config, get_config edits, wrapper axes, sub-directory)]
+# Reduced smoke grids: kind -> [(config, field edits, axes, sub-directory)]
 SMOKE_SWEEPS = {
     "kernel_subsets": [
         (
@@ -68,56 +73,35 @@ SMOKE_SWEEPS = {
 }
 
 DRIVER = """
-import json, sys
+import importlib, json, sys
 from attn_dynamics.data import testing
-from experiments import sweep
-testing.build_tiny_tfds("imdb_reviews", sys.argv[2])
+from experiments import grid
+sweeps, tfds_dir = json.loads(sys.argv[1]), sys.argv[2]
+testing.build_tiny_tfds("imdb_reviews", tfds_dir)
 failed = 0
-for argv in json.loads(sys.argv[1]):
-    try:
-        code = sweep.main(["sweep", *argv])
-    except SystemExit as e:
-        code = e.code
-    print("SWEEP", argv[1], code, file=sys.stderr, flush=True)
-    failed += code != 0
+for name, edits, axes, workdir in sweeps:
+    config = importlib.import_module(f"configs.{name}").get_config("smoke")
+    for field, value in edits.items():
+        grid.set_field(config, field, tfds_dir if value == "TFDS" else value)
+    axes = {k: [tuple(x) if isinstance(x, list) else x for x in v] for k, v in axes.items()}
+    results = grid.run_grid(config, axes, workdir, progress=False)
+    bad = grid.failed(results)
+    print("SWEEP", workdir, [(r.name, r.error) for r in bad], file=sys.stderr, flush=True)
+    failed += bool(bad)
 sys.exit(failed)
 """
 
 
-def _wrapper(tmp: pathlib.Path, config: str, edits: dict, axes: dict) -> pathlib.Path:
-    """A config file: ``config``'s ``get_config`` with ``edits``, and a smaller grid."""
-    path = tmp / f"wrap_{config}_{len(list(tmp.glob('wrap_*')))}.py"
-    lines = [
-        f"from configs.{config} import get_config as _get",
-        "",
-        "",
-        "def get_config(arg=None):",
-        "    c = _get(arg)",
-    ]
-    for field, value in edits.items():
-        lines.append(f"    c.{field} = {value!r}")
-    lines += ["    return c", "", "", "def get_sweep():", f"    return {axes!r}", ""]
-    path.write_text("\n".join(lines))
-    return path
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _smoke_process(tmp_path_factory):
-    """Every reduced smoke sweep, run by ``experiments.sweep.main`` in one subprocess (one
-    import of jax for all of them), started when the module starts so that the tests which do
-    not need it run meanwhile."""
     tmp = tmp_path_factory.mktemp("ablation_smoke")
-    tfds_dir = str(tmp / "tfds")  # built by the driver, first
-    argvs, roots = [], {}
-    for kind, sweeps in SMOKE_SWEEPS.items():
+    sweeps, roots = [], {}
+    for kind, entries in SMOKE_SWEEPS.items():
         roots[kind] = tmp / kind
-        for config, edits, axes, sub in sweeps:
-            edits = {k: tfds_dir if v == "TFDS" else v for k, v in edits.items()}
-            wrapper = _wrapper(tmp, config, edits, axes)
-            workdir = roots[kind] / sub if sub else roots[kind]
-            argvs.append([f"--config={wrapper}:smoke", f"--workdir={workdir}"])
+        for config, edits, axes, sub in entries:
+            sweeps.append((config, edits, axes, str(roots[kind] / sub if sub else roots[kind])))
     process = subprocess.Popen(
-        [sys.executable, "-c", DRIVER, json.dumps(argvs), tfds_dir],
+        [sys.executable, "-c", DRIVER, json.dumps(sweeps), str(tmp / "tfds")],
         cwd=ROOT,
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
         stdout=subprocess.PIPE,
@@ -134,176 +118,301 @@ def _smoke_process(tmp_path_factory):
 def smoke_runs(_smoke_process):
     """Waits for the smoke sweeps: ``(roots by kind, (returncode, stderr))``."""
     roots, process = _smoke_process
-    _, err = process.communicate(timeout=900)
+    _, err = process.communicate(timeout=1200)
     return roots, (process.returncode, err)
 
 
-def _ok(smoke_runs, kind) -> pathlib.Path:
+def _root(smoke_runs, kind) -> pathlib.Path:
     roots, (code, err) = smoke_runs
     assert code == 0, err[-4000:]
     return roots[kind]
+
+
+# --------------------------------------------------------------------------------------------
+# Reading back: the markdown the analyses wrote, and the run directories, independently
+
+
+def table(text: str, after: str = "") -> list[dict]:
+    """The first markdown table after the line starting with ``after``, as dicts."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(after)) if after else 0
+    rows = []
+    for line in lines[start:]:
+        if line.startswith("|"):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif rows:
+            break
+    header, _, *body = rows
+    return [dict(zip(header, r, strict=True)) for r in body]
+
+
+def raw(run_dir: pathlib.Path, name: str):
+    return json.loads((run_dir / name).read_text())
+
+
+def step0(run_dir: pathlib.Path, quantity: str) -> np.ndarray:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    first = next(r for r in rows if r["step"] == 0 and not r.get("eval"))
+    return np.asarray(first.get(f"{quantity}/seeds", [first.get(quantity)]), float)
+
+
+def check_outcome_row(row: dict, per_seed: list[dict]) -> None:
+    """The row's counts and median equal what the per-seed summaries say."""
+    steps = [s["steps_to_threshold"] for s in per_seed if s["steps_to_threshold"] is not None]
+    assert int(row["seeds"]) == len(per_seed)
+    assert row["reached eps"] == f"{len(steps)}/{len(per_seed)}"
+    assert float(row["fraction"]) == pytest.approx(len(steps) / len(per_seed), abs=0.005)
+    if steps:
+        assert int(row["median steps to eps"]) == int(np.median(steps))
+    else:
+        assert row["median steps to eps"] == "–"
+    assert int(row["diverged"]) == sum(s["status"] == "diverged" for s in per_seed)
+    finals = [s["final_loss"] for s in per_seed]
+    assert float(row["final loss median"]) == pytest.approx(np.median(finals), rel=5e-3)
+
+
+def close(text: str, value: float) -> bool:
+    """``text`` is ``value`` printed to 3 significant digits ('–' for no value)."""
+    if not np.isfinite(value):
+        return text == "–"
+    return float(text) == pytest.approx(value, rel=5e-3, abs=1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# Without the smoke runs
 
 
 @pytest.mark.parametrize("name", SWEEP_CONFIGS)
 def test_every_cell_of_the_full_grids_validates(name):
     module = importlib.import_module(f"configs.{name}")
     axes = module.get_sweep()
-    assert axes
     for arg in (None, "smoke"):
-        for cell in sweep.cells(axes):
-            config = module.get_config(arg)
-            for field, value in cell.items():
-                sweep.set_field(config, field, value)
-            train.validate(config)
+        _, cells, _ = grid.prepare(module.get_config(arg), axes)  # validates every cell
+        assert len(cells) == math.prod(len(v) for v in axes.values())
     if name == "ablation_kernel_subsets":
         assert len(module.get_config().seeds) >= 16
         assert set(axes["train.trainable"]) == {"QKV", "V", "Q", "K"}
 
 
-@pytest.mark.parametrize("kernel", ["softmax", "gaussian", "gaussian_unnormalized"])
-def test_student_teacher_targets_are_reached_by_the_teachers_w_q(kernel, rng):
+def test_spearman_ranks_ties_and_drops_non_finite_pairs(rng):
+    # ranks [1, 2.5, 2.5, 4] vs [1, 3, 2, 4]: Pearson of the ranks is 3 / sqrt(10) exactly
+    a = np.array([1.0, 2.0, 2.0, 3.0, np.nan, 7.0])
+    b = np.array([1.0, 3.0, 2.0, 4.0, 5.0, np.inf])
+    assert tables.spearman(a, b) == pytest.approx(3 / math.sqrt(10), rel=1e-12)
+    x = rng.integers(0, 4, 40).astype(float)  # many ties
+    y = x + rng.standard_normal(40)
+    assert tables.spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, rel=1e-12)
+    assert math.isnan(tables.spearman(np.array([1.0, 2.0]), np.array([2.0, 1.0])))
+    assert math.isnan(tables.spearman(np.ones(5), rng.standard_normal(5)))
+
+
+def test_student_teacher_targets_are_reached_by_the_teachers_w_q(rng):
     """The Q-only targets are exactly the student's output with the teacher's W_Q: its frozen
     W_K and W_V are the teacher's (rebuilt from the same seed and init stream as the runner)."""
-    config = importlib.import_module("configs.ablation_q_only").get_config()
-    seed = int(rng.integers(1000))
-    config.seeds = (seed,)
-    config.model.kernel = kernel
-    config.model.dim = 8
-    config.data.num_samples = 2
     from attn_dynamics import data
 
-    ds = data.get_dataset(config.data)
-    x, y = ds.arrays
-    model = train.build_model(config, ds.info)
-    params = jax.tree.map(lambda a: a[0], train.init_params(model, (seed,), (x,)))
-    q_key = jax.random.fold_in(jax.random.key(seed), ablations.TEACHER_Q_STREAM)
-    wq = config.data.teacher_q_scale * jax.random.normal(q_key, (8, 8)) / np.sqrt(8)
-    np.testing.assert_allclose(ablations.teacher_query(config.data), wq)
-    student_at_init = model.apply({"params": params}, x)
-    assert float(jnp.max(jnp.abs(student_at_init - y))) > 1e-2  # not trivially solved
-    params["attention"]["query"]["kernel"] = wq
-    np.testing.assert_allclose(model.apply({"params": params}, x), y, atol=1e-5)
+    assert student_teacher.STUDENT_INIT_STREAM == train.INIT_STREAM
+    for kernel in ("softmax", "gaussian", "gaussian_unnormalized"):
+        config = importlib.import_module("configs.ablation_q_only").get_config()
+        seed = int(rng.integers(1000))
+        config.seeds = (seed,)
+        config.model.kernel = kernel
+        config.model.dim = 8
+        config.data.num_samples = 2
+        ds = data.get_dataset(config.data)
+        x, y = ds.arrays
+        model = train.build_model(config, ds.info)
+        params = jax.tree.map(lambda a: a[0], train.init_params(model, (seed,), (x,)))
+        q_key = jax.random.fold_in(jax.random.key(seed), student_teacher.TEACHER_Q_STREAM)
+        wq = config.data.teacher_q_scale * jax.random.normal(q_key, (8, 8)) / np.sqrt(8)
+        np.testing.assert_allclose(student_teacher.teacher_query(config.data), wq)
+        student_at_init = model.apply({"params": params}, x)
+        assert float(jnp.max(jnp.abs(student_at_init - y))) > 1e-2  # not trivially solved
+        params["attention"]["query"]["kernel"] = wq
+        np.testing.assert_allclose(model.apply({"params": params}, x), y, atol=1e-5)
+    config.data.student_seeds = (0, 1)
+    with pytest.raises(ValueError, match="exactly one seed"):
+        data.get_dataset(config.data)
 
 
-def test_cached_dataset_serves_the_same_examples():
-    from attn_dynamics import data
+def test_command_lines_help_and_bad_input(tmp_path):
+    def run(*argv):
+        return subprocess.run(
+            [sys.executable, "-m", *argv], cwd=ROOT, capture_output=True, text=True, timeout=300
+        )
 
-    name = ablations.register_cached("pathfinder")
-    fields = dict(
-        resolution=16, contour_length=4, batch_size=4, train_size=8, eval_size=4, eval_batch_size=4
-    )
-    plain, cached = data.default_config("pathfinder"), data.default_config(name)
-    plain.update(fields)
-    cached.update(fields)
-    a, b = data.get_dataset(plain), data.get_dataset(cached)
-    for step in (0, 1, 2, 0):
-        x, y = a.train_batch(step), b.train_batch(step)
-        assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
-    x, y = next(a.eval_batches("test")), next(b.eval_batches("test"))
-    assert all(np.array_equal(x[k], y[k]) for k in x)
+    for module in ("experiments.analyses", "experiments.ablations"):
+        out = run(module, "--help")
+        assert out.returncode == 0, out.stderr
+        assert all(kind in out.stdout for kind in analyses.ANALYSES)
+    for module in ("experiments.measure", "experiments.landscape"):
+        assert run(module, "--help").returncode == 0
+    bad = run("experiments.analyses", "q_onyl", str(tmp_path))
+    assert bad.returncode == 2 and "q_onyl" in bad.stderr
+    (tmp_path / "sweep.json").write_text('{"cells": [')  # torn
+    torn = run("experiments.analyses", "q_only", str(tmp_path))
+    assert torn.returncode == 2
+    assert torn.stderr.strip().count("\n") == 0 and "sweep.json" in torn.stderr
 
 
 def test_landscape_smoke(tmp_path):
-    from experiments import landscape
+    import copy
+
+    from experiments import checkpointing, landscape
 
     config = importlib.import_module("configs.landscape").get_config("smoke,theory")
-    text = landscape.run(config, tmp_path)
-    for name in (
-        "landscape.npz",
-        "landscape.json",
-        "landscape.md",
-        "landscape_contour.png",
-        "landscape_surface.png",
-    ):
-        assert (tmp_path / name).stat().st_size > 0, name
+    landscape.run(config, tmp_path)
     results = json.loads((tmp_path / "landscape.json").read_text())
     assert [r["kernel"] for r in results] == ["softmax", "gaussian"]
     grids = np.load(tmp_path / "landscape.npz")
-    assert grids["surface_softmax"].shape == (5, 5)
-    for r in results:  # the centre of the grid is the trained point itself
-        assert r["loss_at_center"] == pytest.approx(float(grids[f"surface_{r['kernel']}"][2, 2]))
+    for name in ("landscape.md", "landscape_contour.png", "landscape_surface.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    for r in results:
+        surface = grids[f"surface_{r['kernel']}"]
+        assert surface.shape == (5, 5) and np.all(np.isfinite(surface))
+        # the centre of the grid is the trained point: the loss of the checkpoint's weights
+        run = copy.deepcopy(config.run)
+        run.model.kernel = r["kernel"]
+        _, loss, _, _ = measure.problem(run, int(config.loss_batches))
+        params = measure.seed_params(checkpointing.load_params(pathlib.Path(r["workdir"])), 0)
+        assert r["loss_at_center"] == pytest.approx(float(loss(params)), rel=1e-5)
+        assert surface[2, 2] == pytest.approx(r["loss_at_center"])
+        assert r["surface_min"] == pytest.approx(float(surface.min()))
         assert np.isfinite(r["sharpness_trained"]) and r["sharpness_trained"] > 0
-    assert "sharpness" in text
 
 
-def test_kernel_subsets_smoke_and_analysis(smoke_runs):
-    root = _ok(smoke_runs, "kernel_subsets")
-    text = ablations.kernel_subsets(root)
-    for name in (
-        "ablation_kernel_subsets.md",
-        "init_vs_convergence.png",
-        "final_loss_distribution.png",
-        "report.md",
-        "loss_curves.png",
-    ):
+# --------------------------------------------------------------------------------------------
+# The analyses on the smoke runs
+
+
+def check_theory_tables(root: pathlib.Path, text: str, init_heading: str) -> None:
+    """Outcome and initialisation tables against summary.json / metrics.jsonl per cell."""
+    outcomes = table(text, "## Outcome")
+    assert [r["cell"] for r in outcomes] == [c.name for c in cells_lib.load_all(root)]
+    for row, init in zip(outcomes, table(text, init_heading), strict=True):
+        run_dir = root / row["cell"]
+        per_seed = raw(run_dir, "summary.json")["seeds"]
+        check_outcome_row(row, per_seed)
+        reached = np.array([s["steps_to_threshold"] is not None for s in per_seed])
+        rel = np.log10([s["relative_final_loss"] for s in per_seed])
+        for q in ("sigma_min_attention_output", "sv_ratio_q_v"):
+            v, label = step0(run_dir, q), tables.SHORT[q]
+            assert np.all(np.isfinite(v)) and np.all(v >= 0)
+            for mask, group in ((reached, "conv."), (~reached, "not conv.")):
+                assert close(init[f"{label} {group}"], np.median(v[mask]) if mask.any() else np.nan)
+            want = stats.spearmanr(v, rel).statistic if len(v) >= 3 else np.nan
+            assert close(init[f"ρ({label}, final loss)"], want)
+
+
+def test_kernel_subsets_analysis(smoke_runs):
+    root = _root(smoke_runs, "kernel_subsets")
+    text = analyses.kernel_subsets(root)
+    assert (root / "ablation_kernel_subsets.md").read_text() == text
+    index = raw(root, "sweep.json")["cells"]
+    assert [(c["model.kernel"], c["train.trainable"]) for c in index] == [
+        ("softmax", "Q"),
+        ("gaussian", "Q"),
+    ]
+    check_theory_tables(root, text, "## Initialisation")
+    for name in ("init_vs_convergence.png", "final_loss_distribution.png", "loss_curves.png"):
         assert (root / name).stat().st_size > 0, name
-    cells = ablations.load_cells(root)
-    assert [c.name for c in cells] == ["kernel=softmax,trainable=Q", "kernel=gaussian,trainable=Q"]
-    for c in cells:
-        assert len(c.seeds) == 2
-        for q in ablations.INIT_QUANTITIES:  # the step-0 theory quantities, per seed
-            assert np.all(np.isfinite(c.init[q])) and np.all(c.init[q] >= 0)
-        assert np.all(np.isfinite(c.relative_final_loss))
-    assert "kernel=gaussian,trainable=Q" in text and "σmin(Φ) conv." in text
-    assert "kernel=softmax,trainable=Q" in (root / "report.md").read_text()
 
 
-def test_init_scale_smoke_and_analysis(smoke_runs):
-    root = _ok(smoke_runs, "init_scale")
-    ablations.kernel_subsets(root)
-    (cell,) = ablations.load_cells(root)
+def test_init_scale_analysis(smoke_runs):
+    root = _root(smoke_runs, "init_scale")
+    text = analyses.kernel_subsets(root)
+    check_theory_tables(root, text, "## Initialisation")
+    (cell,) = cells_lib.load_all(root)
     assert cell.config["model"]["qk_init_scale"] == 4.0
     assert cell.config["model"]["v_init_scale"] == 0.25
     assert cell.config["train"]["trainable"] == "QKV"
 
 
-def test_q_only_smoke_and_analysis(smoke_runs, monkeypatch):
-    root = _ok(smoke_runs, "q_only")
-    monkeypatch.setattr(ablations, "SHARPNESS_ITERS", 5)
-    text = ablations.q_only(root)
-    for name in (
-        "ablation_q_only.md",
-        "init_vs_convergence.png",
-        "final_loss_distribution.png",
-        "loss_curves.png",
-    ):
-        assert (root / name).stat().st_size > 0, name
-    pooled = ablations.merge_seeds(ablations.load_cells(root), drop=("seeds",))
+def test_q_only_analysis_reads_the_measured_sharpness(smoke_runs):
+    root = _root(smoke_runs, "q_only")
+    runs = cells_lib.load_all(root)
+    assert [r.config["model"]["kernel"] for r in runs] == ["softmax", "gaussian_unnormalized"]
+    text = analyses.q_only(root)  # before measuring: says what to run, computes nothing
+    assert "2 run(s) not measured yet" in text
+    assert not any((r.path / "sharpness.json").exists() for r in runs)
+    assert measure.main(["sharpness", str(root), "--iters", "5"]) == 0
+    text = analyses.q_only(root)
+    outcomes = table(text, "## Outcome")
     # the nested sweep has the same sweep fields, but is pooled apart (another base config)
-    assert [(c.name, len(c.seeds)) for c in pooled] == [
-        ("learning_rate=0.1", 1),
-        ("unnormalized/learning_rate=0.1", 1),
-    ]
-    kernels = [c.config["model"]["kernel"] for c in ablations.load_cells(root)]
-    assert kernels == ["softmax", "gaussian_unnormalized"]
-    assert "Stalled or oscillating" in text and "sharpness at the teacher's W_Q" in text
+    assert [r["cell"] for r in outcomes] == ["learning_rate=0.1", "unnormalized/learning_rate=0.1"]
+    for row, stall, sharp, run in zip(
+        outcomes, table(text, "## Stalled"), table(text, "## Sharpness"), runs, strict=True
+    ):
+        per_seed = raw(run.path, "summary.json")["seeds"]
+        check_outcome_row(row, per_seed)
+        missed = sum(s["steps_to_threshold"] is None for s in per_seed)
+        assert int(stall["not reached"]) == missed
+        measured = raw(run.path, "sharpness.json")
+        assert measured["power_iterations"] == 5
+        assert measured["teacher_loss"][0] <= 1e-6 * per_seed[0]["initial_loss"]  # a minimum
+        lr = run.config["train"]["learning_rate"]
+        assert float(sharp["2 / lr"]) == pytest.approx(2 / lr)
+        for key, what in (("final", "at the end"), ("teacher", "at the teacher's W_Q")):
+            lam = np.asarray(measured[key])
+            assert np.all(np.isfinite(lam))
+            above = f"{int(np.sum(lam > 2 / lr))}/{len(lam)}"
+            assert sharp[f"seeds with sharpness {what} > 2 / lr"] == above
+            label = "not reached" if missed else "reached"
+            assert close(sharp[f"sharpness {what} ({label})"], float(lam[0]))
 
 
-def test_overparam_smoke_and_analysis(smoke_runs):
-    root = _ok(smoke_runs, "overparam")
-    text = ablations.overparam(root)
+def test_overparam_analysis(smoke_runs):
+    root = _root(smoke_runs, "overparam")
+    text = analyses.overparam(root)
     assert (root / "overparam.png").stat().st_size > 0
-    assert "d/(nN)" in text and "| 0.5 |" in text
-    lrs = [c.config["train"]["learning_rate"] for c in ablations.load_cells(root)]
-    np.testing.assert_allclose(lrs, [3.2 / 16])  # lr = 3.2 / (d + 8) follows d
+    (row,) = table(text)
+    config = raw(root / row["cell"], "config.json")
+    n_n = config["data"]["num_samples"] * config["data"]["seq_len"]
+    assert float(row["d/(nN)"]) == pytest.approx(config["model"]["dim"] / n_n)
+    assert config["train"]["learning_rate"] == pytest.approx(3.2 / 16)  # lr = 3.2 / (d + 8)
+    check_outcome_row(row, raw(root / row["cell"], "summary.json")["seeds"])
+    sigma_min = step0(root / row["cell"], "sigma_min_attention_output")
+    assert close(row["median σmin(Φ) at init"], np.median(sigma_min))
 
 
-def test_pathfinder_kernels_smoke_and_analysis(smoke_runs):
-    root = _ok(smoke_runs, "kernels")
-    text = ablations.kernels(root)
+def check_accuracy_columns(root: pathlib.Path, text: str, column) -> int:
+    """Every accuracy cell (column ``column(split)``, None: not tabulated) is mean ± std over
+    seeds of summary.json's figures; returns how many were checked."""
+    checked = 0
+    for row in table(text):
+        for split, figures in raw(root / row["cell"], "summary.json")["evaluation"].items():
+            if "accuracy" in figures and column(split) is not None:
+                acc = np.asarray(figures["accuracy"], float)
+                mean, std = (float(x) for x in row[column(split)].split(" ± "))
+                assert mean == pytest.approx(acc.mean(), abs=5e-4)
+                assert std == pytest.approx(acc.std(), abs=5e-4)
+                checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("kind", ["kernels", "text"])
+def test_real_task_kernels_analysis(smoke_runs, kind):
+    root = _root(smoke_runs, kind)
+    text = analyses.kernels(root)
     assert (root / "kernels.png").stat().st_size > 0
-    assert "test accuracy" in text and "kernel=gaussian" in text
+    assert check_accuracy_columns(root, text, lambda split: f"{split} accuracy") >= 1
+    for row in table(text):
+        finals = [s["final_loss"] for s in raw(root / row["cell"], "summary.json")["seeds"]]
+        mean = float(row["final train loss (mean ± std)"].split(" ± ")[0])
+        assert mean == pytest.approx(np.mean(finals), abs=5e-4)
 
 
-def test_lra_text_kernels_smoke_and_analysis(smoke_runs):
-    root = _ok(smoke_runs, "text")
-    text = ablations.kernels(root)
-    assert "kernel=softmax" in text and (root / "kernels.png").stat().st_size > 0
-
-
-def test_floater_extrapolation_smoke_and_analysis(smoke_runs):
-    root = _ok(smoke_runs, "extrapolation")
-    text = ablations.extrapolation(root)
+def test_extrapolation_analysis(smoke_runs):
+    root = _root(smoke_runs, "extrapolation")
+    text = analyses.extrapolation(root)
     assert (root / "extrapolation.png").stat().st_size > 0
-    for column in ("L=8 (1x)", "L=12 (1.5x)", "L=16 (2x)"):
-        assert column in text
+    (row,) = table(text)
+    trained = raw(root / row["cell"], "config.json")["data"]["train_len"]
+
+    def column(split):
+        if not split.startswith("len_"):
+            return None
+        length = int(split.removeprefix("len_"))
+        return f"L={length} ({length / trained:g}x)"
+
+    assert check_accuracy_columns(root, text, column) == 3  # L, 1.5 L, 2 L

@@ -145,3 +145,29 @@ def test_largest_algebraic_eigenvalue_when_a_negative_one_dominates(rng, x64):
     )
     with pytest.raises(ValueError, match="largest"):
         diagnostics.top_hessian_eigenvalue(loss, params, key, largest="smallest")
+
+
+def test_sharpness_is_the_top_eigenvalue_of_the_trained_block(rng, x64):
+    """Frozen leaves are held fixed: the Hessian is the trained rows and columns only."""
+    q, _ = np.linalg.qr(rng.standard_normal((5, 5)))
+    a = q @ np.diag(rng.uniform(0.5, 4.0, 5)) @ q.T
+    a[3:, 3:] += 10.0 * np.eye(2)  # the frozen directions are the sharpest of the full Hessian
+    params = {
+        "trained": jnp.asarray(rng.standard_normal(3)),
+        "frozen": jnp.asarray(rng.standard_normal(2)),
+    }
+    mask = {"trained": True, "frozen": False}
+
+    def loss(p):
+        w = jnp.concatenate([p["trained"], p["frozen"]])
+        return 0.5 * w @ a @ w
+
+    key = jax.random.key(int(rng.integers(2**31)))
+    lam, iters = diagnostics.sharpness(loss, params, mask, key, num_iters=20000, tol=1e-14)
+    block = np.linalg.eigvalsh(a[:3, :3])
+    assert float(lam) < np.linalg.eigvalsh(a)[-1] - 5.0
+    if block[-2] / block[-1] < 0.99:  # power iteration separates the top two
+        np.testing.assert_allclose(float(lam), block[-1], rtol=1e-6)
+    else:
+        assert block[-2] * (1 - 1e-9) <= float(lam) <= block[-1] * (1 + 1e-9)
+    assert 0 < int(iters) <= 20000
