@@ -8,7 +8,7 @@ steps, 16 seeds), both kernels, at lr 0.05 (that of the other theory ablations, 
 the larger scales) and 0.01.
 
     python -m experiments.sweep --config=configs/ablation_init_scale.py --workdir=runs/abl_init
-    python -m experiments.ablations kernel_subsets runs/abl_init
+    python -m experiments.analyses kernel_subsets runs/abl_init
 """
 
 from configs import ablation_kernel_subsets

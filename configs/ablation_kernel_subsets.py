@@ -7,7 +7,7 @@ when its loss reaches ``train.loss_threshold`` x its initial loss; cells stop ea
 seed did.
 
     python -m experiments.sweep --config=configs/ablation_kernel_subsets.py --workdir=runs/abl_ks
-    python -m experiments.ablations kernel_subsets runs/abl_ks
+    python -m experiments.analyses kernel_subsets runs/abl_ks
 
 The data teacher is a random model with its *own* W_V, so with only W_Q (or only W_K) trained
 the targets are generally not reachable at all (the student's frozen W_V fixes the span of its

@@ -14,7 +14,7 @@ the median seed) of its stable step size, so the comparison is about conditionin
 size.
 
     python -m experiments.sweep --config=configs/ablation_overparam.py --workdir=runs/abl_op
-    python -m experiments.ablations overparam runs/abl_op
+    python -m experiments.analyses overparam runs/abl_op
 """
 
 from configs import qk_frozen

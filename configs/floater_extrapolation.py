@@ -7,7 +7,7 @@ Task ``order_lookback`` (``attn_dynamics/data/order.py``): predict the content t
 A CPU-sized version: L = 32 (eval 32, 48, 64), 1500 steps of batch 32.
 
     python -m experiments.sweep --config=configs/floater_extrapolation.py --workdir=runs/fx
-    python -m experiments.ablations extrapolation runs/fx
+    python -m experiments.analyses extrapolation runs/fx
 
 ``learned`` has a table of ``max(model.max_len, longest eval length)`` = 2L rows: rows beyond
 L never receive a gradient (no training sequence reaches them), so its 1.5L and 2L columns show

@@ -5,7 +5,7 @@ SGD; 3 seeds per kernel trained at once (vmapped); test accuracy (mean ± std ov
 training loss vs steps (mean with a ±std band):
 
     python -m experiments.sweep --config=configs/lra_text_kernels.py --workdir=runs/lra_text
-    python -m experiments.ablations kernels runs/lra_text
+    python -m experiments.analyses kernels runs/lra_text
 
 Needs tfds ``imdb_reviews`` prepared as ArrayRecord (see ``lra_text.py``). Full size (1000
 tokens, 10k steps of batch 32, 3 seeds) is a GPU job. ``:cpu`` is the version a 2-core CPU

@@ -5,7 +5,7 @@ The paper's 2-layer encoder (embedding 64, MLP 128, 2 heads) from ``pathfinder.p
 and training loss vs steps (mean with a ±std band):
 
     python -m experiments.sweep --config=configs/pathfinder_kernels.py:cpu --workdir=runs/pf
-    python -m experiments.ablations kernels runs/pf
+    python -m experiments.analyses kernels runs/pf
 
 Default: the LRA task size (32x32 = 1024 tokens, contour length 14, 20k steps of batch 64),
 a GPU job. ``:cpu`` is what a 2-core CPU trains in about half an hour for both kernels:
