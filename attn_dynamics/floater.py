@@ -3,14 +3,13 @@
 Position vectors follow ``dp/dt = h(t, p; theta)``; token ``i`` is encoded by ``p(t_i)`` with
 ``t_i = i * dt``. One vector field ``h`` is shared by all layers; every layer (and, in the
 q/k/v-bias form, every one of q/k/v) has its own learned initial value ``p(0)``, so all initial
-values form one batched state ``[L, d]`` / ``[L, 3, d]`` solved by **one** ``diffeqsolve`` per
-call, saving every grid point (``SaveAt(ts=...)``).
+values form one batched state ``[L, d]`` / ``[L, 3, d]``, solved at once.
 
 Pieces, from pure to Flax:
 
 * vector fields are pure functions ``apply(t, p, theta) -> dp/dt`` on rows ``p [N, d]`` (all
-  initial values stacked: one matmul for every layer and q/k/v) with their
-  parameters ``theta`` passed through diffrax's ``args`` (never closed over), kept in a registry
+  initial values stacked: one matmul for every layer and q/k/v) with their parameters ``theta``
+  passed as an argument (diffrax's ``args``; never closed over), kept in a registry
   (:func:`register_vector_field`, :func:`vector_field_names`): ``'mlp'`` (the reference:
   ``Linear(d+1 -> hidden)`` on ``[p, t]``, ReLU, ``Linear(hidden+1 -> d)`` on ``[., t]``,
   Xavier-normal weights, zero biases; 526,336 parameters at d = hidden = 512), ``'linear'``
@@ -18,14 +17,20 @@ Pieces, from pure to Flax:
   ``p(0) = [0, 1, 0, 1, ...]`` is :func:`attn_dynamics.position.sinusoidal_table`) and
   ``'zero'`` (``h = 0``: constant positions);
 * :func:`solve` integrates a field from ``p(0)`` over ``t_i = i * dt``, ``i < length``, and returns
-  ``[length, *p0.shape]``: fixed-step classic RK4 (:class:`RK4`, built on diffrax's
-  ``AbstractERK`` with its Butcher tableau; steps ``dt / rk4_substeps``, ``rk4_substeps`` of
-  them per diffrax step from one position to the next, see :func:`rk4`) or adaptive Tsit5 /
-  Dopri5 with a PID controller; ``RecursiveCheckpointAdjoint`` (default: the exact gradient of
-  the discrete solve; with RK4 every step is checkpointed while that fits in 256 MiB, so the
-  backward pass recomputes each step once instead of O(log n) times) or
-  ``BacksolveAdjoint``; ``max_steps`` bounds time and memory and exceeding it is an error that
-  names ``config.model.floater.max_steps``;
+  ``[length, *p0.shape]``. Fixed-step classic RK4 takes steps ``dt / rk4_substeps``. With the
+  default ``adjoint='recursive_checkpoint'`` it is a ``lax.scan`` over the positions whose body,
+  the ``rk4_substeps`` steps from one position to the next, is a ``jax.checkpoint``: the exact
+  gradient of the discrete solve, the backward pass keeping one state per position (no more
+  memory than the output) and recomputing each step once. With ``'backsolve'`` it is a
+  ``diffrax.diffeqsolve`` with :class:`RK4` (classic RK4 as a diffrax ``AbstractERK`` Butcher
+  tableau) and ``BacksolveAdjoint``. Adaptive Tsit5 / Dopri5 (PID controller) are one
+  ``diffrax.diffeqsolve`` with ``RecursiveCheckpointAdjoint`` or ``BacksolveAdjoint``.
+  ``max_steps`` bounds time and memory; exceeding it is an error that names
+  ``config.model.floater.max_steps``. (The scan is as fast as a hand-unrolled diffrax RK4 step
+  and faster than diffrax's generic stage loop: ``benchmarks/floater.py``.)
+* :func:`check_options` validates FLOATER options (``config.model.floater``'s fields) with one
+  line naming the field, the bad value and the valid choices; the factory and :func:`solve`
+  call it, and so can a config check before anything is built;
 * :class:`Floater` is the Flax module behind ``position.make('floater', ...)``: it holds
   ``vector_field`` and ``initial_value`` parameters and returns
   :class:`~attn_dynamics.position.PositionTerms` for the three injections:
@@ -35,6 +40,9 @@ Pieces, from pure to Flax:
   - ``'qkv_bias'`` (the reference code's form): per-position biases on the q/k/v projections of
     every block (``qkv_bias [L, 3, T, d]``), with the sinusoidal encoding still added once at the
     input (``at_input``).
+
+  Importing this module registers ``'floater'`` with :mod:`attn_dynamics.position` (which does
+  not import it: the encoding is a plug-in of the position interface).
 
 Lengths. Only the positions a call asks for are solved (the grid is ``t_0 .. t_{length-1}``),
 so a training step solves up to its batch length, and a longer sequence at evaluation is
@@ -55,36 +63,32 @@ gradients stopped), then ``model.apply(variables, x, position_terms=terms)`` for
 The encoder slices the cached terms to each batch's length, so one cache for the longest length
 serves all shorter batches.
 
-``update_every = k`` (the reference re-solves every 400 updates). The runner uses
-:func:`resolve_due` (``step % k == 0``): on those steps it applies the model *without*
-``position_terms`` (the solve is inside the differentiated function: exact gradients for ``h``
-and every ``p(0)``) and afterwards refreshes the cache with :func:`cached_terms` from the updated
-parameters; on the other steps it passes the cached terms. Gradient semantics: cached positions
-are constants, so between re-solves ``h`` and ``p(0)`` receive **zero gradient** (stateful
-optimisers such as Adam may still move them through their momentum, and weight decay still
-applies); the rest of the model trains every step against positions that are at most ``k - 1``
-updates stale. ``k = 1`` is exact backpropagation through the solve at every step.
+``update_every = k`` (the reference re-solves every 400 updates). On steps ``step % k == 0``
+the runner applies the model *without* ``position_terms`` (the solve is inside the
+differentiated function: exact gradients for ``h`` and every ``p(0)``) and afterwards refreshes
+the cache with :func:`cached_terms` from the updated parameters; on the other steps it passes the
+cached terms. Gradient semantics: cached positions are constants, so between re-solves ``h`` and
+``p(0)`` receive **zero gradient** (stateful optimisers such as Adam may still move them through
+their momentum, and weight decay still applies); the rest of the model trains every step against
+positions that are at most ``k - 1`` updates stale. ``k = 1`` is exact backpropagation through
+the solve at every step.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import diffrax
 import equinox as eqx
-import equinox.internal as eqxi
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import jax.tree_util as jtu
 import numpy as np
-from diffrax._local_interpolation import AbstractLocalInterpolation
-from diffrax._misc import linear_rescale
 
 from attn_dynamics import position
 
@@ -95,165 +99,46 @@ INJECTIONS = ("input", "every_layer", "qkv_bias")
 SOLVERS = ("rk4", "tsit5", "dopri5")
 ADJOINTS = ("recursive_checkpoint", "backsolve")
 MAX_STEPS_OPTION = "config.model.floater.max_steps"
-# Memory allowed for the forward-pass checkpoints of a fixed-step solve: up to this, every step
-# is a checkpoint (backward = one pass, no recomputation); beyond, fewer (binomial recomputation).
-CHECKPOINT_BYTES = 256 * 2**20
-# RK4 stages per diffrax step up to which :func:`solve` unrolls them (faster steps, longer
-# compiles: about 2x at 20 stages); beyond, diffrax's stage loop.
-UNROLL_MAX_STAGES = 20
 
 
 # ----------------------------------------------------------------------------- classic RK4
 
-_RK4_A = np.array(
-    [[0.0, 0.0, 0.0, 0.0], [0.5, 0.0, 0.0, 0.0], [0.0, 0.5, 0.0, 0.0], [0, 0, 1.0, 0]]
-)
-_RK4_B = np.array([1 / 6, 1 / 3, 1 / 3, 1 / 6])
-_RK4_C = np.array([0.0, 0.5, 0.5, 1.0])
+
+def rk4_step(apply: Callable, t: Array, y: Array, h: float, theta: PyTree) -> Array:
+    """One classic fourth-order Runge--Kutta step of size ``h`` from ``(t, y)``."""
+    k1 = apply(t, y, theta)
+    k2 = apply(t + h / 2, y + (h / 2) * k1, theta)
+    k3 = apply(t + h / 2, y + (h / 2) * k2, theta)
+    k4 = apply(t + h, y + h * k3, theta)
+    return y + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
 
 
-def rk4_tableau(substeps: int = 1) -> diffrax.ButcherTableau:
-    """Classic RK4 (``c = [1/2, 1/2, 1]``, ``a = [[1/2], [0, 1/2], [0, 0, 1]]``,
-    ``b = [1/6, 1/3, 1/3, 1/6]``); with ``substeps = s > 1``, ``s`` consecutive classic RK4
-    steps of size ``h / s`` written as one explicit RK method of ``4 s`` stages and step ``h``
-    (block lower-triangular ``a``: the same arithmetic, one diffrax step per ``s`` RK4 steps)."""
-    n = 4 * substeps
-    a, c, b = np.zeros((n, n)), np.zeros(n), np.zeros(n)
-    for j in range(substeps):
-        rows = slice(4 * j, 4 * j + 4)
-        a[rows, : 4 * j] = np.tile(_RK4_B, j)[None, :] / substeps
-        a[rows, rows] = _RK4_A / substeps
-        c[rows] = (j + _RK4_C) / substeps
-        b[rows] = _RK4_B / substeps
-    # No embedded method: the difference to the first-order (Euler) step is a crude error
-    # estimate, present because diffrax requires one; RK4 is meant for constant steps.
-    b_error = b.copy()
-    b_error[0] -= 1.0
-    return diffrax.ButcherTableau(
-        c=c[1:], a_lower=tuple(a[i, :i] for i in range(1, n)), b_sol=b, b_error=b_error
-    )
-
-
-def _rk4_dense_weights(s: Array) -> Array:
-    """The classic RK4 continuous extension (third order, no extra evaluations):
-    ``y(t0 + s h) = y0 + sum_i b_i(s) k_i``; at ``s = 1`` the weights are ``b``."""
-    s2, s3 = s * s, s * s * s
-    middle = s2 - 2 * s3 / 3
-    return jnp.stack([s - 1.5 * s2 + 2 * s3 / 3, middle, middle, 2 * s3 / 3 - s2 / 2])
-
-
-class _RK4Interpolation(AbstractLocalInterpolation):
-    """Dense output of :class:`RK4`: within RK4 sub-step ``j`` of the ``substeps`` in a step,
-    ``y = y_j + sum_i b_i(sigma) k_{j,i}`` (``y_j`` the sub-step's start, ``sigma`` the position
-    inside it); third-order accurate, exact at the sub-step ends."""
-
-    substeps: ClassVar[int] = 1
-    t0: Any
-    t1: Any
-    y0: PyTree
-    k: PyTree
-
-    def __init__(self, *, t0, t1, y0, y1, k):
-        del y1  # part of diffrax's interpolation API
-        self.t0 = t0
-        self.t1 = t1
-        self.y0 = y0
-        self.k = k
-
-    def evaluate(self, t0, t1=None, left: bool = True):
-        del left
-        if t1 is not None:
-            return jtu.tree_map(jnp.subtract, self.evaluate(t1), self.evaluate(t0))
-        n = self.substeps
-        x = linear_rescale(self.t0, t0, self.t1) * n
-        j = jnp.clip(jnp.floor(x), 0, n - 1)
-        sub = jnp.asarray(np.repeat(np.arange(n), 4))  # the sub-step of every stage
-        done = jnp.asarray(np.tile(_RK4_B, n))
-        current = jnp.tile(_rk4_dense_weights(x - j), n)
-        weights = jnp.where(sub < j, done, jnp.where(sub == j, current, 0.0)) / n
-
-        def _evaluate(y0, k):
-            with jax.numpy_dtype_promotion("standard"):
-                return y0 + jnp.tensordot(weights.astype(k.dtype), k, axes=1)
-
-        return jtu.tree_map(_evaluate, self.y0, self.k)
+def _step_end_interpolation(*, t0, t1, y0, y1, k) -> diffrax.LocalLinearInterpolation:
+    # RK4 here steps onto its save points, so dense output is never needed between steps; the
+    # linear interpolant is exact at the step ends (diffrax requires some interpolation).
+    del k
+    return diffrax.LocalLinearInterpolation(t0=t0, t1=t1, y0=y0, y1=y1)
 
 
 class RK4(diffrax.AbstractERK):
-    """The classic fourth-order Runge--Kutta method (diffrax ships none), with its third-order
-    continuous extension for dense / ``SaveAt(ts=...)`` output. Use it with constant steps.
-    :func:`rk4` gives the variant that takes ``substeps`` RK4 steps per diffrax step.
+    """The classic fourth-order Runge--Kutta method (diffrax ships none) as a diffrax explicit RK
+    Butcher tableau, for constant steps that land on the save points (``StepTo`` /
+    ``ConstantStepSize``): its error estimate is the difference to Euler, and its dense output
+    between steps is linear."""
 
-    ``unroll=True`` (default) evaluates the tableau's stages in straight-line code instead of
-    diffrax's generic stage loop (a checkpointed while loop): the same arithmetic (up to
-    floating-point summation order), about 30% faster forward + backward for FLOATER-sized
-    vector fields on CPU, at some compile time. ``unroll=False`` uses diffrax's loop."""
-
-    tableau: ClassVar[diffrax.ButcherTableau] = rk4_tableau(1)
-    interpolation_cls: ClassVar[Callable[..., _RK4Interpolation]] = _RK4Interpolation
-    unroll: bool = True
+    tableau: ClassVar[diffrax.ButcherTableau] = diffrax.ButcherTableau(
+        c=np.array([0.5, 0.5, 1.0]),
+        a_lower=(np.array([0.5]), np.array([0.0, 0.5]), np.array([0.0, 0.0, 1.0])),
+        b_sol=np.array([1 / 6, 1 / 3, 1 / 3, 1 / 6]),
+        b_error=np.array([1 / 6 - 1, 1 / 3, 1 / 3, 1 / 6]),  # RK4 minus Euler
+    )
+    interpolation_cls: ClassVar[Callable[..., diffrax.LocalLinearInterpolation]] = staticmethod(
+        _step_end_interpolation
+    )
 
     def order(self, terms):
         del terms
         return 4
-
-    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        if not self.unroll:
-            return super().step(terms, t0, t1, y0, args, solver_state, made_jump)
-        tableau = self.tableau
-        c = np.concatenate([[0.0], tableau.c])
-        h = t1 - t0
-        control = terms.contr(t0, t1)
-        ks = []  # k_i = h f(t0 + c_i h, y0 + sum_j a_ij k_j), diffrax's convention
-        for i in range(len(c)):
-            z = y0
-            if i:
-                for a_ij, k_j in zip(tableau.a_lower[i - 1], ks, strict=True):
-                    if a_ij != 0:
-                        z = jtu.tree_map(lambda z_, k_, a=a_ij: z_ + a * k_, z, k_j)
-            ks.append(terms.vf_prod(t0 + c[i] * h, z, args, control))
-        k = jtu.tree_map(lambda *stages: jnp.stack(stages), *ks)
-
-        def combine(weights):
-            return jtu.tree_map(
-                lambda y, k_: y + jnp.tensordot(jnp.asarray(weights, k_.dtype), k_, axes=1), y0, k
-            )
-
-        y1 = combine(tableau.b_sol)
-        y_error = jtu.tree_map(jnp.subtract, combine(tableau.b_error), y0)
-        dense_info = {"y0": y0, "y1": y1, "k": k}
-        return y1, y_error, dense_info, solver_state, diffrax.RESULTS.successful
-
-
-eqxi.doc_remove_args("scan_kind")(RK4.__init__)
-
-
-@functools.cache
-def _rk4_class(substeps_: int) -> type[RK4]:
-    if substeps_ == 1:
-        return RK4
-
-    class Interpolation(_RK4Interpolation):
-        substeps: ClassVar[int] = substeps_
-
-    class RK4Substeps(RK4):
-        tableau: ClassVar[diffrax.ButcherTableau] = rk4_tableau(substeps_)
-        interpolation_cls: ClassVar[Callable[..., _RK4Interpolation]] = Interpolation
-
-    RK4Substeps.__name__ = RK4Substeps.__qualname__ = f"RK4x{substeps_}"
-    return RK4Substeps
-
-
-def rk4(substeps: int = 1, *, unroll: bool = True) -> RK4:
-    """Classic RK4 taking ``substeps`` RK4 steps of size ``h / substeps`` per diffrax step ``h``.
-
-    :func:`solve` steps once per position (``h = dt``) with ``substeps = rk4_substeps``: the same
-    RK4 steps of size ``dt / rk4_substeps`` as stepping ``dt / rk4_substeps`` at a time, but
-    ``rk4_substeps`` times fewer iterations of diffrax's step loop (the loop's bookkeeping, and
-    above all its checkpointed backward pass, dominate the cost of a small vector field)."""
-    if substeps < 1:
-        raise ValueError(f"rk4_substeps must be >= 1, got {substeps}")
-    return _rk4_class(int(substeps))(unroll=unroll)
 
 
 # ----------------------------------------------------------------------------- vector fields
@@ -288,10 +173,7 @@ def vector_field_names() -> list[str]:
 
 
 def get_vector_field(name: str) -> VectorField:
-    if name not in _VECTOR_FIELDS:
-        raise ValueError(
-            f"unknown vector field {name!r}; valid vector fields: {vector_field_names()}"
-        )
+    check_options(vector_field=name)
     return _VECTOR_FIELDS[name]
 
 
@@ -386,6 +268,47 @@ def num_params(theta: PyTree) -> int:
     return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(theta))
 
 
+# ----------------------------------------------------------------------------- options
+
+_CHOICES: dict[str, tuple[str, ...] | Callable[[], list[str]]] = {
+    "injection": INJECTIONS,
+    "solver": SOLVERS,
+    "adjoint": ADJOINTS,
+    "vector_field": lambda: vector_field_names(),
+}
+_MIN_INT = {"rk4_substeps": 1, "max_steps": 1, "update_every": 1, "hidden_dim": 0}
+_POSITIVE = ("dt", "rtol", "atol", "sinusoidal_base")
+OPTIONS = (*_CHOICES, *_MIN_INT, *_POSITIVE, "warm_start")
+
+
+def check_options(**options: Any) -> None:
+    """Raise a one-line ValueError for the first invalid FLOATER option (any of
+    ``config.model.floater``'s fields, :data:`OPTIONS`), naming the field, the bad value and the
+    valid choices. The one place FLOATER options are validated."""
+    for name, value in options.items():
+        field = f"config.model.floater.{name}"
+        if name in _CHOICES:
+            valid = _CHOICES[name]
+            valid = list(valid() if callable(valid) else valid)
+            if value not in valid:
+                raise ValueError(f"unknown {field} {value!r}; valid choices: {valid}")
+        elif name in _MIN_INT:
+            is_int = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            if not (is_int and value >= _MIN_INT[name]):
+                raise ValueError(f"{field} must be an integer >= {_MIN_INT[name]}, got {value!r}")
+        elif name in _POSITIVE:
+            is_real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            if not (is_real and value > 0):
+                raise ValueError(f"{field} must be a number > 0, got {value!r}")
+        elif name == "warm_start":
+            if not isinstance(value, bool | np.bool_):
+                raise ValueError(f"{field} must be True or False, got {value!r}")
+        else:
+            raise ValueError(
+                f"unknown field config.model.floater.{name}; valid fields: {sorted(OPTIONS)}"
+            )
+
+
 # ----------------------------------------------------------------------------- the solve
 
 
@@ -406,6 +329,71 @@ def num_fixed_steps(length: int, rk4_substeps: int) -> int:
     return max(length - 1, 0) * rk4_substeps
 
 
+def _rk4_scan(apply, theta: PyTree, p0: Array, ts: Array, dt: float, substeps: int) -> Array:
+    """Classic RK4 over the grid ``ts``, ``substeps`` steps per interval: ``[len(ts), *p0.shape]``.
+
+    A ``lax.scan`` over the intervals; each interval is one ``jax.checkpoint``, so reverse mode
+    stores one state per position and recomputes the interval's stages once (the exact gradient
+    of the discrete solve, as ``diffrax.RecursiveCheckpointAdjoint`` with a checkpoint per step).
+    The sub-steps are a loop, not unrolled: as fast, and compiles in a fraction of the time."""
+    h = dt / substeps
+
+    @jax.checkpoint
+    def interval(y, t):
+        y = jax.lax.fori_loop(0, substeps, lambda j, y: rk4_step(apply, t + j * h, y, h, theta), y)
+        return y, y
+
+    _, ys = jax.lax.scan(interval, p0, ts[:-1])
+    return jnp.concatenate([p0[None], ys])
+
+
+def _diffeqsolve(apply, theta, p0, ts, dt, *, solver, rk4_substeps, rtol, atol, adjoint, max_steps):
+    """One ``diffrax.diffeqsolve`` saving at ``ts``: RK4 (``BacksolveAdjoint``) or Tsit5 /
+    Dopri5 with either adjoint; ``theta`` through ``args``."""
+    diffrax_max_steps = max_steps
+    if solver == "rk4":
+        h = dt / rk4_substeps
+        # Steps of dt / rk4_substeps that land exactly on every save point.
+        grid = (ts[:-1, None] + h * jnp.arange(rk4_substeps, dtype=ts.dtype)[None]).reshape(-1)
+        diffrax_solver = RK4()
+        controller, dt0 = diffrax.StepTo(ts=jnp.append(grid, ts[-1])), None
+        diffrax_max_steps = num_fixed_steps(len(ts), rk4_substeps)
+        # The adjoint ODE runs backwards between save points (StepTo's increasing grid cannot).
+        backward = {"stepsize_controller": diffrax.ConstantStepSize(), "dt0": -h}
+    else:
+        diffrax_solver = diffrax.Tsit5() if solver == "tsit5" else diffrax.Dopri5()
+        controller, dt0 = diffrax.PIDController(rtol=rtol, atol=atol), dt
+        backward = {"stepsize_controller": controller}
+    if adjoint == "recursive_checkpoint":
+        adjoint_ = diffrax.RecursiveCheckpointAdjoint()
+    else:
+        adjoint_ = diffrax.BacksolveAdjoint(solver=diffrax_solver, **backward)
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(apply),
+        diffrax_solver,
+        t0=ts[0],
+        t1=ts[-1],
+        dt0=dt0,
+        y0=p0,
+        args=theta,
+        saveat=diffrax.SaveAt(ts=ts),
+        stepsize_controller=controller,
+        adjoint=adjoint_,
+        max_steps=diffrax_max_steps,
+        throw=False,
+    )
+    ys = eqx.error_if(
+        sol.ys,
+        sol.result == diffrax.RESULTS.max_steps_reached,
+        f"FLOATER: the {solver} ODE solve over {len(ts)} positions needed more than "
+        f"max_steps={max_steps} steps; raise {MAX_STEPS_OPTION} (or loosen "
+        "config.model.floater.rtol / atol)",
+    )
+    return eqx.error_if(
+        ys, sol.result != diffrax.RESULTS.successful, f"FLOATER: the {solver} ODE solve failed"
+    )
+
+
 def solve(
     field: str | VectorField | Callable[[Array, Array, PyTree], Array],
     theta: PyTree,
@@ -422,109 +410,68 @@ def solve(
 ) -> Array:
     """``p(t_i)`` for ``t_i = i * dt``, ``i < length``: ``[length, *p0.shape]``, in ``p0``'s dtype.
 
-    One ``diffrax.diffeqsolve`` for the whole batched state ``p0 [..., d]`` (all layers and q/k/v
-    at once); ``theta`` goes through ``args``. ``solver='rk4'`` takes constant classic RK4 steps
-    ``dt / rk4_substeps`` (the reference: ``dt / 5``), ``rk4_substeps`` of them inside each
-    diffrax step from one position to the next (:func:`rk4`), and needs
-    ``(length - 1) * rk4_substeps <= max_steps`` (RK4 steps), checked before solving; ``'tsit5'`` /
+    The whole batched state ``p0 [..., d]`` (all layers and q/k/v at once) is solved as one;
+    ``theta`` is passed to the field, never closed over by a solver. ``solver='rk4'`` takes
+    constant classic RK4 steps ``dt / rk4_substeps`` (the reference: ``dt / 5``) and needs
+    ``(length - 1) * rk4_substeps <= max_steps``, checked before solving; ``'tsit5'`` /
     ``'dopri5'`` adapt their steps to ``rtol`` / ``atol`` (a PID controller) and fail at run time
     when they need more than ``max_steps``. Both errors name ``config.model.floater.max_steps``.
     ``length``, ``dt`` and the options are static (Python numbers): changing them retraces.
     """
     apply = _apply_fn(field)
+    check_options(
+        solver=solver,
+        adjoint=adjoint,
+        dt=dt,
+        rk4_substeps=rk4_substeps,
+        rtol=rtol,
+        atol=atol,
+        max_steps=max_steps,
+    )
     p0 = jnp.asarray(p0)
     if not jnp.issubdtype(p0.dtype, jnp.floating):
         raise TypeError(f"p0 must be floating point, got {p0.dtype}")
     if length < 1:
         raise ValueError(f"length must be >= 1, got {length}")
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown FLOATER solver {solver!r}; valid solvers: {list(SOLVERS)}")
-    if adjoint not in ADJOINTS:
-        raise ValueError(f"unknown FLOATER adjoint {adjoint!r}; valid adjoints: {list(ADJOINTS)}")
-    if not dt > 0:
-        raise ValueError(f"dt must be > 0, got {dt}")
+    if solver == "rk4" and num_fixed_steps(length, rk4_substeps) > max_steps:
+        raise ValueError(
+            f"FLOATER: solving {length} positions with solver='rk4' and "
+            f"rk4_substeps={rk4_substeps} takes {num_fixed_steps(length, rk4_substeps)} steps, "
+            f"more than max_steps={max_steps}; raise {MAX_STEPS_OPTION} to at least "
+            f"{num_fixed_steps(length, rk4_substeps)} (or lower config.model.floater.rk4_substeps)"
+        )
     if length == 1:
         return p0[None]
-    shape, dtype = p0.shape, p0.dtype
-    p0 = p0.reshape(-1, shape[-1])  # all initial values as rows of one state
-    ts = jnp.arange(length, dtype=dtype) * jnp.asarray(dt, dtype)
-    t1 = ts[-1]
-    if solver == "rk4":
-        if rk4_substeps < 1:
-            raise ValueError(f"rk4_substeps must be >= 1, got {rk4_substeps}")
-        steps = num_fixed_steps(length, rk4_substeps)
-        if steps > max_steps:
-            raise ValueError(
-                f"FLOATER: solving {length} positions with solver='rk4' and "
-                f"rk4_substeps={rk4_substeps} takes {steps} steps, more than "
-                f"max_steps={max_steps}; "
-                f"raise {MAX_STEPS_OPTION} to at least {steps} (or lower "
-                "config.model.floater.rk4_substeps)"
-            )
-        # One diffrax step per position (rk4_substeps RK4 steps inside it): the step ends are
-        # exactly the save points, so the saved values are RK4 steps, not interpolations.
-        diffrax_solver = rk4(rk4_substeps, unroll=4 * rk4_substeps <= UNROLL_MAX_STAGES)
-        controller = diffrax.StepTo(ts=ts)
-        dt0 = None
-        diffrax_max_steps = length - 1
-        state_bytes = (2 + 4 * rk4_substeps) * p0.size * p0.dtype.itemsize  # y, stages
-        checkpoints = int(
-            min(length - 1, max(CHECKPOINT_BYTES // state_bytes, 2 * length.bit_length()))
+    shape = p0.shape
+    rows = p0.reshape(-1, shape[-1])  # all initial values as rows of one state
+    ts = jnp.arange(length, dtype=p0.dtype) * jnp.asarray(dt, p0.dtype)
+    if solver == "rk4" and adjoint == "recursive_checkpoint":
+        ys = _rk4_scan(apply, theta, rows, ts, dt, rk4_substeps)
+    else:
+        ys = _diffeqsolve(
+            apply,
+            theta,
+            rows,
+            ts,
+            dt,
+            solver=solver,
+            rk4_substeps=rk4_substeps,
+            rtol=rtol,
+            atol=atol,
+            adjoint=adjoint,
+            max_steps=max_steps,
         )
-    else:
-        diffrax_solver = diffrax.Tsit5() if solver == "tsit5" else diffrax.Dopri5()
-        controller = diffrax.PIDController(rtol=rtol, atol=atol)
-        dt0 = dt
-        diffrax_max_steps = max_steps
-        checkpoints = None
-    if adjoint == "recursive_checkpoint":
-        adjoint_ = diffrax.RecursiveCheckpointAdjoint(checkpoints=checkpoints)
-    else:
-        # The adjoint ODE runs backwards one interval [t_{i+1} -> t_i] at a time: one RK4 step
-        # of -dt each (StepTo's increasing grid cannot run backwards); adaptive as forwards.
-        backward = {"solver": diffrax_solver, "stepsize_controller": controller}
-        if solver == "rk4":
-            backward.update(stepsize_controller=diffrax.ConstantStepSize(), dt0=-dt)
-        adjoint_ = diffrax.BacksolveAdjoint(**backward)
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(apply),
-        diffrax_solver,
-        t0=ts[0],
-        t1=t1,
-        dt0=dt0,
-        y0=p0,
-        args=theta,
-        saveat=diffrax.SaveAt(ts=ts),
-        stepsize_controller=controller,
-        adjoint=adjoint_,
-        max_steps=diffrax_max_steps,
-        throw=False,
-    )
-    ys = eqx.error_if(
-        sol.ys.reshape(length, *shape),
-        sol.result == diffrax.RESULTS.max_steps_reached,
-        f"FLOATER: the {solver} ODE solve over {length} positions needed more than "
-        f"max_steps={max_steps} steps; raise {MAX_STEPS_OPTION} (or loosen "
-        "config.model.floater.rtol / atol)",
-    )
-    return eqx.error_if(
-        ys, sol.result != diffrax.RESULTS.successful, f"FLOATER: the {solver} ODE solve failed"
-    )
+    return ys.reshape(length, *shape)
 
 
 # ----------------------------------------------------------------------------- Flax module
 
 
 def initial_value_shape(injection: str, num_layers: int, dim: int) -> tuple[int, ...]:
-    if injection == "input":
-        return (dim,)
-    if injection == "every_layer":
-        return (num_layers, dim)
-    if injection == "qkv_bias":
-        return (num_layers, 3, dim)
-    raise ValueError(
-        f"unknown FLOATER injection {injection!r}; valid injections: {list(INJECTIONS)}"
-    )
+    check_options(injection=injection)
+    return {"input": (dim,), "every_layer": (num_layers, dim), "qkv_bias": (num_layers, 3, dim)}[
+        injection
+    ]
 
 
 def _default_initial_value(key, shape, dtype):
@@ -539,18 +486,15 @@ def terms_from_positions(
     positions: Array, injection: str, *, dim: int, sinusoidal_base: float = 10_000.0
 ) -> position.PositionTerms:
     """``positions [T, *initial_value_shape]`` from :func:`solve` -> the encoder's terms."""
+    check_options(injection=injection)
     length = positions.shape[0]
     if injection == "input":
         return position.PositionTerms(at_input=positions)
     if injection == "every_layer":
         return position.PositionTerms(per_layer=jnp.moveaxis(positions, 0, 1))
-    if injection == "qkv_bias":
-        return position.PositionTerms(
-            at_input=position.sinusoidal_table(length, dim, base=sinusoidal_base),
-            qkv_bias=jnp.moveaxis(positions, 0, 2),
-        )
-    raise ValueError(
-        f"unknown FLOATER injection {injection!r}; valid injections: {list(INJECTIONS)}"
+    return position.PositionTerms(  # qkv_bias
+        at_input=position.sinusoidal_table(length, dim, base=sinusoidal_base),
+        qkv_bias=jnp.moveaxis(positions, 0, 2),
     )
 
 
@@ -643,17 +587,21 @@ def _floater(
     """``position.make('floater', ..., **config.model.floater)``. ``max_len`` is no limit (the
     grid extends to any length); ``update_every`` is the runner's business (see the module doc)."""
     del max_len
-    if injection not in INJECTIONS:
-        raise ValueError(
-            f"unknown FLOATER injection {injection!r}; valid injections: {list(INJECTIONS)}"
-        )
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown FLOATER solver {solver!r}; valid solvers: {list(SOLVERS)}")
-    if adjoint not in ADJOINTS:
-        raise ValueError(f"unknown FLOATER adjoint {adjoint!r}; valid adjoints: {list(ADJOINTS)}")
-    if update_every < 1:
-        raise ValueError(f"update_every must be >= 1, got {update_every}")
-    get_vector_field(vector_field)
+    check_options(
+        injection=injection,
+        hidden_dim=hidden_dim,
+        solver=solver,
+        dt=dt,
+        rk4_substeps=rk4_substeps,
+        rtol=rtol,
+        atol=atol,
+        adjoint=adjoint,
+        max_steps=max_steps,
+        warm_start=warm_start,
+        update_every=update_every,
+        vector_field=vector_field,
+        sinusoidal_base=sinusoidal_base,
+    )
     return Floater(
         dim=dim,
         num_layers=num_layers,
@@ -683,11 +631,6 @@ def cached_terms(model: nn.Module, variables: PyTree, length: int) -> position.P
     (anything with a ``position_terms(length)`` method). Jit it with ``length`` static."""
     terms = model.apply(variables, length, method=type(model).position_terms)
     return jax.lax.stop_gradient(terms)
-
-
-def resolve_due(step: int, update_every: int) -> bool:
-    """Whether training step ``step`` re-solves the ODE (and differentiates through it)."""
-    return update_every <= 1 or step % update_every == 0
 
 
 def warm_start_params(floater_params: PyTree, pretrained_params: PyTree) -> PyTree:

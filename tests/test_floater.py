@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import diffrax
 import jax
 import jax.numpy as jnp
@@ -11,12 +13,12 @@ import pytest
 import scipy.linalg
 
 from attn_dynamics import floater, models, position
+from configs import floater_order
 from experiments import defaults
 
 DIM, LAYERS = 8, 2
 # Model-level tests take 2 RK4 sub-steps per position instead of the default 5: the same code
-# (unrolled stages; the 5-sub-step step is checked against diffrax's own stage loop below) with
-# less to compile.
+# with less to compile.
 SUBSTEPS = 2
 
 
@@ -43,8 +45,15 @@ def tokens(rng, batch=2, length=6):
 # -------------------------------------------------------------------------------- the solve
 
 
-@pytest.mark.parametrize(("solver", "custom"), [("rk4", False), ("tsit5", True)])
-def test_linear_dynamics_match_matrix_exponential(solver, custom, rng):
+@pytest.mark.parametrize(
+    ("solver", "adjoint", "custom"),
+    [
+        ("rk4", "recursive_checkpoint", False),  # the lax.scan
+        ("rk4", "backsolve", True),  # diffrax with the RK4 tableau
+        ("tsit5", "recursive_checkpoint", False),
+    ],
+)
+def test_linear_dynamics_match_matrix_exponential(solver, adjoint, custom, rng):
     """dp/dt = A p from a batched [L, 3, d] state: p(t_i) = expm(A t_i) p(0), float64."""
     length, dt = 40, 0.02
     with jax.enable_x64(True):
@@ -58,9 +67,9 @@ def test_linear_dynamics_match_matrix_exponential(solver, custom, rng):
             length,
             dt=dt,
             solver=solver,
+            adjoint=adjoint,
             rtol=1e-11,
             atol=1e-11,
-            max_steps=4096,
         )
         assert got.shape == (length, LAYERS, 3, DIM) and got.dtype == jnp.float64
         got, a, p0 = np.asarray(got), np.asarray(a), np.asarray(p0)
@@ -69,62 +78,62 @@ def test_linear_dynamics_match_matrix_exponential(solver, custom, rng):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
-def test_rk4_substeps_are_rk4_steps_and_dense_output_is_third_order(rng):
-    """One diffrax step holding 5 RK4 steps (unrolled stages) == 5 diffrax RK4 steps (diffrax's
-    stage loop), to rounding; the third-order dense output between steps is accurate."""
+def test_rk4_scan_equals_diffrax_with_the_rk4_tableau(rng):
+    """The scan's sub-steps (time-dependent MLP field, float64) are the steps diffrax takes with
+    the classic RK4 tableau on the fine grid, to rounding."""
+    length, dt, substeps = 9, 0.1, 3
     with jax.enable_x64(True):
-        a = jnp.asarray(rng.normal(size=(DIM, DIM)) / np.sqrt(DIM))
+        theta = floater.get_vector_field("mlp").init(
+            jax.random.key(int(rng.integers(2**31))),
+            dim=DIM,
+            hidden_dim=6,
+            dt=dt,
+            warm_start=False,
+            dtype=jnp.float64,
+        )
         p0 = jnp.asarray(rng.normal(size=(3, DIM)))
-        term = diffrax.ODETerm(floater.linear_field)
-        coarse = jnp.arange(11) * 0.1
-        fine = jnp.arange(51) * 0.02
-        kw = dict(t0=0.0, t1=1.0, dt0=None, y0=p0, args={"matrix": a})
-        composite = diffrax.diffeqsolve(
-            term,
-            floater.rk4(5),
-            **kw,
-            saveat=diffrax.SaveAt(ts=coarse),
-            stepsize_controller=diffrax.StepTo(ts=coarse),
-        )
-        single = diffrax.diffeqsolve(  # and diffrax's generic stage loop (not unrolled)
-            term,
-            floater.rk4(1, unroll=False),
-            **kw,
-            saveat=diffrax.SaveAt(ts=coarse),
+        got = floater.solve("mlp", theta, p0, length, dt=dt, rk4_substeps=substeps)
+        fine = jnp.arange((length - 1) * substeps + 1) * (dt / substeps)
+        want = diffrax.diffeqsolve(
+            diffrax.ODETerm(floater.mlp_field),
+            floater.RK4(),
+            t0=0.0,
+            t1=fine[-1],
+            dt0=None,
+            y0=p0,
+            args=theta,
+            saveat=diffrax.SaveAt(t0=True, steps=True),
             stepsize_controller=diffrax.StepTo(ts=fine),
-        )
-        np.testing.assert_allclose(
-            np.asarray(composite.ys), np.asarray(single.ys), rtol=0, atol=1e-12
-        )
-        off_grid = np.sort(rng.uniform(0, 1, size=7))
-        dense = diffrax.diffeqsolve(
-            term,
-            floater.rk4(5),
-            **kw,
-            saveat=diffrax.SaveAt(ts=jnp.asarray(off_grid)),
-            stepsize_controller=diffrax.StepTo(ts=coarse),
-        )
-        got, a, p0 = np.asarray(dense.ys), np.asarray(a), np.asarray(p0)
-    want = np.stack([p0 @ scipy.linalg.expm(a * t).T for t in off_grid])
-    # Third-order dense output: error O(step^4) (~3e-9 at step 0.02), vs ~1e-4 for linear.
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-7)
+            max_steps=len(fine) - 1,
+        ).ys[::substeps]
+        got, want, p0 = np.asarray(got), np.asarray(want), np.asarray(p0)
+    assert np.abs(got[-1] - p0).max() > 1e-2  # the field moves the state
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
 
 
-def test_sinusoidal_field_reproduces_sinusoidal_table():
-    """Rotation per frequency pair from p(0) = [0, 1, 0, 1, ...]: the Vaswani table, via RK4."""
+def test_sinusoidal_field_is_a_rotation_per_pair(rng):
+    """From any p(0), each pair turns at its rate: (p, q)(t) = (p0 cos wt + q0 sin wt,
+    q0 cos wt - p0 sin wt); from p(0) = [0, 1, 0, 1, ...] that is the Vaswani table."""
     dim, length, dt = 64, 512, 0.01
     with jax.enable_x64(True):
         theta = {"frequency": floater.sinusoidal_frequencies(dim, dt, dtype=jnp.float64)}
-        p0 = floater._sinusoidal_initial_value(None, (dim,), jnp.float64)
+        start = floater._sinusoidal_initial_value(None, (1, dim), jnp.float64)
+        p0 = jnp.concatenate([start, jnp.asarray(rng.normal(size=(2, dim)))])
         # Step dt/20: the fastest pair turns 1 rad per position; at dt/5 (0.2 rad per RK4 step)
         # the accumulated phase error over 512 positions is ~7e-3.
         got = floater.solve(
             "sinusoidal", theta, p0, length, dt=dt, rk4_substeps=20, max_steps=20_000
         )
         assert got.dtype == jnp.float64
-        got = np.asarray(got)
-    err = np.max(np.abs(got - np.asarray(position.sinusoidal_table(length, dim))))
-    assert err <= 1e-4, err
+        got, w = np.asarray(got), np.asarray(theta["frequency"])
+    wt = np.arange(length)[:, None, None] * dt * w
+    p, q = np.asarray(p0)[None, :, 0::2], np.asarray(p0)[None, :, 1::2]
+    want = np.empty((length, 3, dim))
+    want[..., 0::2] = p * np.cos(wt) + q * np.sin(wt)
+    want[..., 1::2] = q * np.cos(wt) - p * np.sin(wt)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+    table = np.asarray(position.sinusoidal_table(length, dim))  # float32
+    np.testing.assert_allclose(got[:, 0], table, rtol=0, atol=1e-4)
 
 
 def test_zero_field_gives_constant_positions(rng):
@@ -201,13 +210,52 @@ def test_max_steps_errors_name_the_config_option():
         )
 
 
-def test_registries_list_valid_names():
-    with pytest.raises(ValueError, match="valid vector fields"):
-        floater.get_vector_field("nope")
-    with pytest.raises(ValueError, match="valid injections"):
-        position.make("floater", dim=DIM, num_layers=LAYERS, max_len=8, injection="nope")
-    with pytest.raises(ValueError, match="valid solvers"):
-        position.make("floater", dim=DIM, num_layers=LAYERS, max_len=8, solver="euler")
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"injection": "nope"},
+            "unknown config.model.floater.injection 'nope'; valid choices: "
+            "['input', 'every_layer', 'qkv_bias']",
+        ),
+        (
+            {"solver": "euler"},
+            "unknown config.model.floater.solver 'euler'; valid choices: "
+            "['rk4', 'tsit5', 'dopri5']",
+        ),
+        (
+            {"adjoint": "direct"},
+            "unknown config.model.floater.adjoint 'direct'; valid choices: "
+            "['recursive_checkpoint', 'backsolve']",
+        ),
+        (
+            {"vector_field": "cubic"},
+            "unknown config.model.floater.vector_field 'cubic'; valid "
+            "choices: ['linear', 'mlp', 'sinusoidal', 'zero']",
+        ),
+        ({"rk4_substeps": 0}, "config.model.floater.rk4_substeps must be an integer >= 1, got 0"),
+        (
+            {"update_every": 2.5},
+            "config.model.floater.update_every must be an integer >= 1, got 2.5",
+        ),
+        ({"dt": -0.1}, "config.model.floater.dt must be a number > 0, got -0.1"),
+        ({"warm_start": "yes"}, "config.model.floater.warm_start must be True or False, got 'yes'"),
+        ({"step": 1}, "unknown field config.model.floater.step; valid fields: ["),
+    ],
+)
+def test_bad_options_fail_with_one_line_naming_value_and_choices(options, message):
+    with pytest.raises(ValueError) as error:
+        floater.check_options(**options)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+    if "step" not in options:  # the factory checks every option the same way
+        with pytest.raises(ValueError, match=re.escape(message)):
+            position.make("floater", dim=DIM, num_layers=LAYERS, max_len=8, **options)
+    if {"solver", "adjoint", "dt", "rk4_substeps"} & options.keys():  # and so does the solve
+        with pytest.raises(ValueError, match=re.escape(message)):
+            floater.solve("zero", {}, jnp.ones(DIM), 3, **options)
+    if "vector_field" in options:  # and so does the registry
+        with pytest.raises(ValueError, match=re.escape(message)):
+            floater.get_vector_field(options["vector_field"])
 
 
 # -------------------------------------------------------------------------------- the module
@@ -332,14 +380,7 @@ def test_train_step_does_not_retrace(rng, key):
     assert all(bool(jnp.all(jnp.isfinite(g))) and float(jnp.abs(g).max()) > 0 for g in flat)
 
 
-def test_resolve_due():
-    assert [floater.resolve_due(s, 3) for s in range(5)] == [True, False, False, True, False]
-    assert all(floater.resolve_due(s, 1) for s in range(3))
-
-
 def test_config_file_selects_the_encoding():
-    pytest.importorskip("attn_dynamics.data")
-    from configs import floater_order
 
     c = floater_order.get_config("smoke")
     assert c.model.name == "encoder" and c.model.position == "floater"
