@@ -12,11 +12,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from attn_dynamics import kernels
+from attn_dynamics import blockwise, kernels
 
 Array = jax.Array
-Implementation = Literal["auto", "fast", "explicit"]
-IMPLEMENTATIONS = ("auto", "fast", "explicit")
+Implementation = Literal["auto", "fast", "blockwise", "explicit"]
+IMPLEMENTATIONS = ("auto", "fast", "blockwise", "explicit")
+# Query and key block sizes of the blockwise path (measured on CPU, benchmarks/RESULTS.md)
+BLOCK_Q, BLOCK_K = 128, 1024
 
 
 def attention_weights(
@@ -38,12 +40,7 @@ def fused_attention(
     q: Array, k: Array, v: Array, *, kernel: str = "softmax", mask: Array | None = None, **options
 ) -> Array:
     """Softmax kernels through ``jax.nn.dot_product_attention`` (flash attention on GPU)."""
-    form = kernels.lookup(kernel).softmax_form
-    if form is None:
-        raise ValueError(
-            f"kernel {kernel!r} has no softmax form, so no fused path; use implementation="
-            f"'explicit' or one of {[n for n in kernels.names() if _has_fast_path(n)]}"
-        )
+    form = _softmax_form(kernel)
     batch_shape = q.shape[:-3]
     scale, bias = form.scale(q.shape[-1], **options), form.key_bias(k, **options)
     if bias is not None:
@@ -69,6 +66,58 @@ def fused_attention(
     return out
 
 
+def blockwise_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    kernel: str = "softmax",
+    mask: Array | None = None,
+    block_q: int = BLOCK_Q,
+    block_k: int = BLOCK_K,
+    **options,
+) -> Array:
+    """Softmax kernels block by block with an online softmax (:mod:`attn_dynamics.blockwise`).
+
+    No ``[..., h, Tq, Tk]`` array is stored for the backward pass: it recomputes each block's
+    scores. Computes in float32 and returns the inputs' dtype.
+    """
+    form = _softmax_form(kernel)
+    batch_shape, heads = q.shape[:-3], q.shape[-2]
+    dtype = jnp.result_type(q, k, v)
+    q, k, v = (x.astype(jnp.promote_types(x.dtype, jnp.float32)) for x in (q, k, v))
+    scale, bias = form.scale(q.shape[-1], **options), form.key_bias(k, **options)
+    if bias is not None:
+        q, k = kernels.fold_key_bias(q, k, bias, scale)
+    # [..., T, h, d] -> [N, T, d] with N = batch x heads: one batch axis for the kernel
+    flat = lambda x: jnp.swapaxes(x, -2, -3).reshape((-1, x.shape[-3], x.shape[-1]))
+    mask3 = None if mask is None else _flat_mask(mask, (*batch_shape, heads))
+    out = blockwise.attention(
+        flat(q * scale), flat(k), flat(v), mask3, block_q=block_q, block_k=block_k
+    )
+    out = jnp.swapaxes(out.reshape((*batch_shape, heads, *out.shape[-2:])), -2, -3)
+    return out.astype(dtype)
+
+
+def _flat_mask(mask: Array, lead_shape: tuple[int, ...]) -> Array:
+    """Broadcastable ``[..., h, Tq, Tk]`` -> ``[M, Tq or 1, Tk]``, ``M = 1`` or batch x heads."""
+    mask = jnp.asarray(mask)
+    mask = mask.reshape((1,) * (len(lead_shape) + 2 - mask.ndim) + mask.shape)
+    if all(n == 1 for n in mask.shape[:-2]):
+        return mask.reshape((1, *mask.shape[-2:]))
+    return jnp.broadcast_to(mask, (*lead_shape, *mask.shape[-2:])).reshape((-1, *mask.shape[-2:]))
+
+
+def _softmax_form(kernel: str) -> kernels.SoftmaxForm:
+    form = kernels.lookup(kernel).softmax_form
+    if form is None:
+        raise ValueError(
+            f"kernel {kernel!r} has no softmax form, so no fast path; use implementation="
+            f"'explicit' or one of {[n for n in kernels.names() if _has_fast_path(n)]}"
+        )
+    return form
+
+
 def _cudnn_attention(q: Array, k: Array, v: Array, mask, scale: float) -> Array | None:
     """cuDNN flash attention where it can run (GPU, 16-bit inputs), else None.
 
@@ -91,10 +140,17 @@ def _cudnn_attention(q: Array, k: Array, v: Array, mask, scale: float) -> Array 
         return None
 
 
-def fast_path_by_default() -> bool:
-    """``auto`` takes the fused path on accelerators only: on CPU XLA's fused op measured
-    slower than the explicit einsums (benchmarks/RESULTS.md, "attention (cpu)")."""
-    return jax.default_backend() != "cpu"
+def default_implementation(kernel: str) -> str:
+    """What ``auto`` takes for ``kernel`` on the default backend.
+
+    Softmax-form kernels: on CPU the blockwise path (measured faster than the explicit einsums
+    and than XLA's fused op, with a fraction of the memory: benchmarks/RESULTS.md, "step" and
+    "attention"); on GPU/TPU the fused op, which is flash attention there (cuDNN) and was not
+    measured against the blockwise path. Other kernels: the explicit path, the only one.
+    """
+    if not _has_fast_path(kernel):
+        return "explicit"
+    return "blockwise" if jax.default_backend() == "cpu" else "fast"
 
 
 def _pad_last(x: Array, size: int) -> Array:
@@ -128,14 +184,20 @@ def multi_head_attention(
 ) -> Array:
     """Attention output ``[..., Tq, heads, dv]``.
 
-    ``auto`` takes the fused path for softmax-form kernels on GPU/TPU, the explicit one on CPU.
+    ``implementation``: ``fast`` is ``jax.nn.dot_product_attention`` (flash attention on GPU),
+    ``blockwise`` the online-softmax kernel of :mod:`attn_dynamics.blockwise` (both for
+    softmax-form kernels only), ``explicit`` materialises the weights (any kernel) and ``auto``
+    picks one per backend (:func:`default_implementation`).
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"unknown implementation {implementation!r}; valid: {IMPLEMENTATIONS}")
-    fast = implementation == "fast" or (
-        implementation == "auto" and _has_fast_path(kernel) and fast_path_by_default()
-    )
-    attend = fused_attention if fast else explicit_attention
+    if implementation == "auto":
+        implementation = default_implementation(kernel)
+    attend = {
+        "fast": fused_attention,
+        "blockwise": blockwise_attention,
+        "explicit": explicit_attention,
+    }[implementation]
     return attend(q, k, v, kernel=kernel, mask=mask, **options)
 
 

@@ -8,8 +8,9 @@ gets all-zero weights.
 Two kinds of kernel are registered:
 
 * *softmax kernels* are ``softmax_j(scale * q_i . k_j + bias_j)`` with a per-key bias. They are
-  defined by a :class:`SoftmaxForm` and get the fast path in :mod:`attn_dynamics.attention`
-  (``jax.nn.dot_product_attention``; cuDNN flash attention on GPU for 16-bit inputs).
+  defined by a :class:`SoftmaxForm` and get the fast paths of :mod:`attn_dynamics.attention`:
+  the blockwise online-softmax kernel (:mod:`attn_dynamics.blockwise`, the CPU default) and
+  ``jax.nn.dot_product_attention`` (cuDNN flash attention on GPU for 16-bit inputs).
 * *general kernels* return their weight matrix directly and always use the explicit path.
 
 Register your own with :func:`register` (general) or :func:`register_softmax` (softmax form);
@@ -31,7 +32,7 @@ WeightsFn = Callable[..., Array]
 
 @dataclasses.dataclass(frozen=True)
 class SoftmaxForm:
-    """``logits = scale * q.k + key_bias``: what the fused attention kernel needs.
+    """``logits = scale * q.k + key_bias``: what the fast attention paths need.
 
     ``key_bias(k, **options)`` returns a ``[..., heads, 1, Tk]`` array (or None) and
     ``scale(d, **options)`` a Python float.

@@ -3,8 +3,9 @@
 The LRA size by default: batch 32, length 1024 (4096 on a GPU), model dim 64, 2 heads (head
 dim 32). Each measurement is ``jax.jit(jax.grad(sum of output, argnums=(q, k, v)))``: compiled
 and warmed up first, then the median of ``--repeats`` timed calls (``block_until_ready``).
-Softmax-form kernels are timed on both the fused path (``jax.nn.dot_product_attention``) and
-the explicit path (weights materialised); the other kernels on the explicit path only.
+Softmax-form kernels are timed on the fused path (``jax.nn.dot_product_attention``), the
+blockwise online-softmax path and the explicit path (weights materialised); the other kernels
+on the explicit path only.
 
 Targets: the Gaussian kernel within 1.25x of softmax (same path); on a GPU, the fused path
 >= 3x faster than the explicit one. Results go to benchmarks/RESULTS.md, section
@@ -90,7 +91,9 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], float]:
     fns = {
         (name, path): make_step(name, path)
         for name in names
-        for path in (["fast", "explicit"] if kernels.lookup(name).softmax_form else ["explicit"])
+        for path in (
+            ["fast", "blockwise", "explicit"] if kernels.lookup(name).softmax_form else ["explicit"]
+        )
     }
     compiled, compile_s, gigabytes = compile_all(fns, (q, k, v))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -122,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], float]:
         ),
         "",
     ]
-    for path in ("fast", "explicit"):
+    for path in ("fast", "blockwise", "explicit"):
         if ("gaussian", path) in times and ("softmax", path) in times:
             ratio = times["gaussian", path] / times["softmax", path]
             best_ratio = best["gaussian", path] / best["softmax", path]

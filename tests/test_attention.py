@@ -178,16 +178,26 @@ def test_implementation_choice_and_errors(rng, monkeypatch):
         attention.multi_head_attention(q, k, v, implementation="flash")
     with pytest.raises(ValueError, match="nope.*softmax"):
         attention.multi_head_attention(q, k, v, kernel="nope")
+    with pytest.raises(ValueError, match="no softmax form"):
+        attention.multi_head_attention(q, k, v, kernel="linear", implementation="blockwise")
     # which path each (kernel, implementation) takes, seen through spies
     calls = []
-    monkeypatch.setattr(attention, "fused_attention", lambda *a, **kw: calls.append("fast"))
-    monkeypatch.setattr(attention, "explicit_attention", lambda *a, **kw: calls.append("explicit"))
+    for path, fn in (
+        ("fast", "fused_attention"),
+        ("blockwise", "blockwise_attention"),
+        ("explicit", "explicit_attention"),
+    ):
+        monkeypatch.setattr(attention, fn, lambda *a, path=path, **kw: calls.append(path))
+    on_cpu = jax.default_backend() == "cpu"
     for name in kernels.names():
         has_form = kernels.lookup(name).softmax_form is not None
+        auto = ("blockwise" if on_cpu else "fast") if has_form else "explicit"
+        assert attention.default_implementation(name) == auto
         for impl, expected in (
-            ("auto", "fast" if has_form and attention.fast_path_by_default() else "explicit"),
+            ("auto", auto),
             ("explicit", "explicit"),
             ("fast", "fast"),
+            ("blockwise", "blockwise"),
         ):
             calls.clear()
             attention.multi_head_attention(q, k, v, kernel=name, implementation=impl)
@@ -201,7 +211,7 @@ def test_user_kernel_by_name_in_pure_function(name, rng):
     mask = make_mask(rng, (3,), 5, "combined")
     expected = np_attend(np_user_weights(name, q, k, np.asarray(mask), shift=0.25), v)
     args = [jnp.asarray(x, jnp.float32) for x in (q, k, v)]
-    impls = ["auto", "explicit"] + (["fast"] if name == USER_SOFTMAX else [])
+    impls = ["auto", "explicit"] + (["fast", "blockwise"] if name == USER_SOFTMAX else [])
     for impl in impls:
         attend = functools.partial(
             attention.multi_head_attention, kernel=name, implementation=impl, shift=0.25
