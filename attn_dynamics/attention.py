@@ -140,17 +140,21 @@ def _cudnn_attention(q: Array, k: Array, v: Array, mask, scale: float) -> Array 
         return None
 
 
-def default_implementation(kernel: str) -> str:
-    """What ``auto`` takes for ``kernel`` on the default backend.
+def default_implementation(kernel: str, num_keys: int | None = None) -> str:
+    """What ``auto`` takes for ``kernel`` (with ``num_keys`` keys) on the default backend.
 
-    Softmax-form kernels: on CPU the blockwise path (measured faster than the explicit einsums
-    and than XLA's fused op, with a fraction of the memory: benchmarks/RESULTS.md, "step" and
-    "attention"); on GPU/TPU the fused op, which is flash attention there (cuDNN) and was not
+    Softmax-form kernels: on CPU the blockwise path from one query block of keys up (measured
+    faster than the explicit einsums and than XLA's fused op, with a fraction of the memory:
+    benchmarks/RESULTS.md, "step" and "attention"); shorter sequences fit in one block, where
+    the blockwise path saves no memory and only adds the backward's recomputation, so they
+    stay explicit. On GPU/TPU the fused op, which is flash attention there (cuDNN); it was not
     measured against the blockwise path. Other kernels: the explicit path, the only one.
     """
     if not _has_fast_path(kernel):
         return "explicit"
-    return "blockwise" if jax.default_backend() == "cpu" else "fast"
+    if jax.default_backend() != "cpu":
+        return "fast"
+    return "blockwise" if num_keys is None or num_keys >= BLOCK_Q else "explicit"
 
 
 def _pad_last(x: Array, size: int) -> Array:
@@ -192,7 +196,7 @@ def multi_head_attention(
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"unknown implementation {implementation!r}; valid: {IMPLEMENTATIONS}")
     if implementation == "auto":
-        implementation = default_implementation(kernel)
+        implementation = default_implementation(kernel, k.shape[-3])
     attend = {
         "fast": fused_attention,
         "blockwise": blockwise_attention,

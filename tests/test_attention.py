@@ -189,10 +189,15 @@ def test_implementation_choice_and_errors(rng, monkeypatch):
     ):
         monkeypatch.setattr(attention, fn, lambda *a, path=path, **kw: calls.append(path))
     on_cpu = jax.default_backend() == "cpu"
+    long_keys = jnp.zeros((attention.BLOCK_Q, 2, 4))
     for name in kernels.names():
         has_form = kernels.lookup(name).softmax_form is not None
-        auto = ("blockwise" if on_cpu else "fast") if has_form else "explicit"
-        assert attention.default_implementation(name) == auto
+        auto_long = ("blockwise" if on_cpu else "fast") if has_form else "explicit"
+        auto = ("explicit" if on_cpu else "fast") if has_form else "explicit"  # 4 keys
+        assert attention.default_implementation(name, 4) == auto
+        calls.clear()
+        attention.multi_head_attention(q, long_keys, long_keys, kernel=name)
+        assert calls == [auto_long], name
         for impl, expected in (
             ("auto", auto),
             ("explicit", "explicit"),
