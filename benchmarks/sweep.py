@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).absolute().parents[1]
 sys.path.insert(0, str(ROOT))
 
 AXES = ["--axis=model.kernel=softmax,gaussian", "--axis=train.trainable=V,QKV"]

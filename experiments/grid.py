@@ -27,6 +27,7 @@ import concurrent.futures
 import copy
 import dataclasses
 import glob
+import hashlib
 import itertools
 import json
 import math
@@ -203,8 +204,6 @@ def cell_name(cell: Mapping) -> str:
     if name.startswith("."):
         name = "%2E" + name[1:]
     if len(name.encode()) > _NAME_LIMIT:  # keep it readable, keep it unique
-        import hashlib
-
         digest = hashlib.sha1(name.encode()).hexdigest()[:12]
         name = name.encode()[: _NAME_LIMIT - 13].decode(errors="ignore") + "-" + digest
     return name
@@ -439,14 +438,13 @@ class ProcessPool:
             workers, mp_context=context, initializer=_init_worker, initargs=(slots,)
         )
         futures = {pool.submit(run_cell, t.config, t.workdir): t for t in tasks}
+        reported = set()
         stopping = False
         try:
             with _sigterm_as_interrupt():
                 for future in concurrent.futures.as_completed(futures):
-                    error = future.exception() if not future.cancelled() else None
-                    if future.cancelled():
-                        continue
-                    yield futures[future], error if error is not None else future.result()
+                    reported.add(future)
+                    yield futures[future], _outcome(future)
         except KeyboardInterrupt:
             stopping = True
             for future in futures:
@@ -455,13 +453,18 @@ class ProcessPool:
                 if process.is_alive():
                     os.kill(process.pid, signal.SIGTERM)
             for future in futures:
-                if not future.cancelled():
-                    error = future.exception()
-                    yield futures[future], error if error is not None else future.result()
+                if future not in reported and not future.cancelled():
+                    yield futures[future], _outcome(future)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         if stopping:
             raise KeyboardInterrupt
+
+
+def _outcome(future: concurrent.futures.Future) -> dict | BaseException:
+    """The cell's summary, or what it raised (waits for it)."""
+    error = future.exception()
+    return error if error is not None else future.result()
 
 
 class _sigterm_as_interrupt:
@@ -596,21 +599,28 @@ def _clock(seconds: float) -> str:
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
 
-def prepare(config, axes: Mapping[str, Sequence]) -> tuple[dict[str, tuple], list[dict], list]:
+def prepare(
+    config, axes: Mapping[str, Sequence], *, with_libraries: bool = True
+) -> tuple[dict[str, tuple], list[dict], list]:
     """``(typed axes, cells, cell configs)``; every cell validated before anything runs.
 
-    Raises :class:`AxisError` for bad axes and ``experiments.train.ConfigError`` for a cell
-    the runner would refuse."""
+    Raises :class:`AxisError` for bad axes and ``ConfigError`` (a ValueError) for a cell the
+    runner would refuse. ``with_libraries=False`` runs only the checks that need no JAX
+    (``experiments.validation``): a parent whose cells train in other processes stays light;
+    what is left is checked in the cell and reported as its failure."""
     typed = typed_axes(config, axes)
     grid = cells(typed)
     configs = [configure(config, cell) for cell in grid]
-    from experiments import train  # validation needs the registries (kernels, ...)
+    if with_libraries:
+        from experiments.train import ConfigError, validate
+    else:
+        from experiments.validation import ConfigError, validate
 
     for cell, cell_config in zip(grid, configs, strict=True):
         try:
-            train.validate(cell_config)
-        except train.ConfigError as e:
-            raise train.ConfigError(f"cell {cell_name(cell)}: {e}") from None
+            validate(cell_config)
+        except ConfigError as e:
+            raise ConfigError(f"cell {cell_name(cell)}: {e}") from None
     return typed, grid, configs
 
 
@@ -629,7 +639,7 @@ def run_grid(
     called with each result as it comes (True: a line on stderr).
     """
     executor = InProcess() if executor is None else executor
-    typed, grid, configs = prepare(config, axes)
+    typed, grid, configs = prepare(config, axes, with_libraries=isinstance(executor, InProcess))
     root = pathlib.Path(root)
     root.mkdir(parents=True, exist_ok=True)
     write_index(root, typed, grid)

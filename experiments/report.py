@@ -31,6 +31,7 @@ POOLED_FIELDS = ("seeds",)  # more seeds of the same draw: pooled
 class Draw:
     """One data draw of a row: the per-seed outcomes of every cell with that draw."""
 
+    key: str  # the draw's field values, as JSON
     cells: list[rundirs.Cell]
     summaries: list[dict]
 
@@ -78,12 +79,12 @@ def find_rows(root: pathlib.Path) -> tuple[list[Row], list[rundirs.Cell]]:
         row = rows.setdefault(key, Row(label, []))
         draw = json.dumps(_draw_of(cell))
         for d in row.draws:
-            if json.dumps(_draw_of(d.cells[0])) == draw:
+            if d.key == draw:
                 d.cells.append(cell)
                 d.summaries.append(summary)
                 break
         else:
-            row.draws.append(Draw([cell], [summary]))
+            row.draws.append(Draw(draw, [cell], [summary]))
         row.threshold = summary.get("loss_threshold", row.threshold)
     return list(rows.values()), unfinished
 

@@ -123,11 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         run.fail(str(e))
     executor = make_executor(workdir)
 
-    from experiments import train
-
-    try:
+    try:  # JAX is imported only where cells train (here too when they run in this process)
         results = grid.run_grid(base, axes, workdir, executor=executor)
-    except train.ConfigError as e:
+    except ValueError as e:  # a cell the runner refuses (ConfigError)
         run.fail(str(e))
     print(f"sweep {workdir}: {grid.summarize(results)}", file=sys.stderr)
     for r in grid.failed(results):

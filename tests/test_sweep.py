@@ -331,9 +331,9 @@ def test_submitit_engine_killed_midway_then_rerun_finishes_the_rest(serial, tmp_
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
     )
     try:
-        _wait_for_summaries(tmp_path, 1, process, timeout=240)
+        _wait_for_summaries(tmp_path, 1, process, timeout=900)  # limits for a loaded machine
         process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=120)
+        _, err = process.communicate(timeout=300)
     finally:
         if process.poll() is None:
             process.kill()
@@ -342,7 +342,7 @@ def test_submitit_engine_killed_midway_then_rerun_finishes_the_rest(serial, tmp_
     finished = {p.parent.name: p.stat().st_mtime_ns for p in tmp_path.glob("*/summary.json")}
     assert 1 <= len(finished) < 4
 
-    again = cli(*args)
+    again = cli(*args, timeout=900)
     assert again.returncode == 0, again.stderr
     assert f"{len(finished)}/4 cells finished before: skipped" in again.stderr
     assert again.stderr.count(": done |") == 4 - len(finished)
