@@ -1,5 +1,8 @@
 """FLOATER: position encodings as the solution of a neural ODE (Liu et al., ICML 2020).
 
+(One module above 400 lines on purpose: the vector fields, the solve, the Flax module and the
+runner helpers are one method read together, and a third of the file is its documentation.)
+
 Position vectors follow ``dp/dt = h(t, p; theta)``; token ``i`` is encoded by ``p(t_i)`` with
 ``t_i = i * dt``. One vector field ``h`` is shared by all layers; every layer (and, in the
 q/k/v-bias form, every one of q/k/v) has its own learned initial value ``p(0)``, so all initial
