@@ -14,12 +14,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from attn_dynamics import models
+from attn_dynamics import models, streams
 from experiments import checkpointing, optim
 from experiments.validation import ConfigError
 
 PyTree = Any
-INIT_STREAM, DROPOUT_STREAM = 0, 1  # fold_in ids: changing the frozen set never changes init
+INIT_STREAM, DROPOUT_STREAM = streams.INIT, streams.DROPOUT
 
 
 def build_model(config: ml_collections.ConfigDict, info: dict):

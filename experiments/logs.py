@@ -14,10 +14,31 @@ import numpy as np
 
 
 def setup_logging(workdir: pathlib.Path) -> None:
-    logging.getLogger().setLevel(logging.INFO)
-    handler = logging.FileHandler(workdir / "log.txt")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.getLogger().addHandler(handler)
+    """Everything to ``log.txt``; orbax's own thread-level messages (logged through absl) stay
+    out of the console, where the run's one-line outcome is what a user reads."""
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    handler = _QuietFileHandler(workdir / "log.txt")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root.addHandler(handler)
+    for console in root.handlers:
+        if isinstance(console, logging.StreamHandler) and console.stream in (
+            sys.stderr,
+            sys.stdout,
+        ):
+            console.addFilter(_not_absl)
+
+
+def _not_absl(record: logging.LogRecord) -> bool:
+    return record.name != "absl"
+
+
+class _QuietFileHandler(logging.FileHandler):
+    """A log line that cannot be written (a full disk) is dropped, not a traceback on stderr:
+    the failure itself is reported once, by the checkpoint or the metrics writer."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
 
 
 def environment() -> dict:

@@ -20,11 +20,10 @@ import ml_collections
 import numpy as np
 from ml_collections import config_dict
 
+from attn_dynamics import streams
 from attn_dynamics.data import synthetic
 
-# The fold_in id of parameter initialisation in the runner (``experiments.train.INIT_STREAM``):
-# the teacher's W_K and W_V are the student's only if both use it (tests check they agree).
-STUDENT_INIT_STREAM = 0
+STUDENT_INIT_STREAM = streams.INIT  # the runner's: the student starts where a run starts
 TEACHER_Q_STREAM = 13  # the teacher's W_Q: a stream no student parameter is drawn from
 
 

@@ -1,0 +1,10 @@
+"""``jax.random.fold_in`` ids of a run's random streams, one per purpose.
+
+Every seed's key is split by purpose with ``fold_in``, never by consuming one stream, so that
+changing what is trained (the frozen set), the data or dropout never changes the initialisation.
+The runner and any data set that rebuilds a run's initial model (the student-teacher task) use
+these same ids.
+"""
+
+INIT = 0  # parameter initialisation
+DROPOUT = 1  # dropout masks (folded in again with the step)
