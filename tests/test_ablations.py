@@ -239,8 +239,8 @@ def test_command_lines_help_and_bad_input(tmp_path, capsys):
     from experiments import landscape
     from experiments.analyses import cli
 
-    out = subprocess.run(  # the module entry point itself, once (the old name, a shim)
-        [sys.executable, "-m", "experiments.ablations", "--help"],
+    out = subprocess.run(  # the module entry point itself, once
+        [sys.executable, "-m", "experiments.analyses", "--help"],
         cwd=ROOT,
         capture_output=True,
         text=True,
