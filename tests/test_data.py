@@ -7,9 +7,11 @@ nothing here downloads anything or needs TensorFlow.
 
 from __future__ import annotations
 
+import ast
 import itertools
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -313,6 +315,45 @@ def test_process_shares_make_up_the_batch(kind, tiny_dir):
     for b, batch in enumerate(whole):
         joined = {k: np.concatenate([s[b][k] for s in shares]) for k in batch}
         assert_batches_equal(joined, batch)
+
+
+def _imports(path) -> set[str]:
+    """Every module a file imports, at top level or inside functions."""
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+def test_data_imports_neither_models_nor_experiments_and_has_no_cycle():
+    folder = pathlib.Path(data.__file__).parent
+    modules = {f"attn_dynamics.data.{p.stem}": p for p in folder.glob("*.py")}
+    modules["attn_dynamics.data"] = modules.pop("attn_dynamics.data.__init__")
+    graph = {}
+    for name, path in modules.items():
+        imports = _imports(path)
+        bad = sorted(m for m in imports if m.startswith(("attn_dynamics.models", "experiments")))
+        assert not bad, (name, bad)
+        graph[name] = {m for m in imports if m in modules and m != name}
+    # the package __init__ imports every dataset; no dataset module imports another in a loop
+    graph.pop("attn_dynamics.data")
+    done: set[str] = set()
+
+    def visit(node, path):
+        assert node not in path, f"import cycle: {' -> '.join([*path, node])}"
+        if node in done:
+            return
+        for nxt in graph.get(node, ()):
+            visit(nxt, [*path, node])
+        done.add(node)
+
+    for node in graph:
+        visit(node, [])
 
 
 # ---- order tasks ----------------------------------------------------------------------------

@@ -17,7 +17,8 @@ metrics on every read, which costs more (~0.05 ms) than a whole in-memory batch.
 Random access (``ds.train_batch(step)``) reads the pipeline in the calling thread; iteration
 (``ds.train_iter(start)``, ``ds.eval_batches(split)``) goes through grain's
 ``to_iter_dataset`` with ``config.prefetch`` threads and, when ``config.workers > 0``,
-``mp_prefetch`` worker processes (same batches either way). Worker processes live until the
+``mp_prefetch`` worker processes (same batches either way; with workers, ``train_batch`` of
+consecutive steps reads such a stream too). Worker processes live until the
 iterator is exhausted or closed, or until :meth:`Dataset.close` (or the end of a
 ``with dataset:`` block) closes every iterator the dataset opened.
 
@@ -219,6 +220,7 @@ class Dataset:
             )
         self._iterators: set = set()  # open grain iterators, closed by close()
         self._train_pipelines: dict[tuple[int, int], grain.MapDataset] = {}
+        self._stream, self._stream_step = None, 0  # train_batch's stream with workers
 
     # ---- to implement ----------------------------------------------------------------------
     def _examples(self, split: str, positions: np.ndarray) -> dict[str, np.ndarray]:
@@ -306,10 +308,20 @@ class Dataset:
 
     # ---- the interface ---------------------------------------------------------------------
     def train_batch(self, step: int) -> Batch:
-        """The batch of training step ``step``: a pure function of (config, step)."""
+        """The batch of training step ``step``: a pure function of (config, step).
+
+        With ``workers > 0``, consecutive steps are served by one :meth:`train_iter` stream
+        (the workers draw ahead of the caller); any other step restarts the stream there."""
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
-        return self._put(self.train_batches()[int(step)])
+        if self.workers == 0:
+            return self._put(self.train_batches()[int(step)])
+        if self._stream is None or self._stream_step != step:
+            if self._stream is not None:
+                self._stream.close()
+            self._stream, self._stream_step = self.train_iter(step), step
+        self._stream_step += 1
+        return next(self._stream)
 
     def train_iter(self, start_step: int = 0) -> Iterator[Batch]:
         """Batches of steps ``start_step, start_step + 1, ...`` (prefetched)."""
@@ -323,6 +335,7 @@ class Dataset:
 
     def close(self) -> None:
         """Close every iterator this dataset opened (and so stop their worker processes)."""
+        self._stream = None
         while self._iterators:
             self._iterators.pop().close()
 
@@ -335,6 +348,7 @@ class Dataset:
     def __getstate__(self) -> dict:
         # What worker processes need to decode: no devices, no open iterators.
         state = dict(self.__dict__, mesh=None, _iterators=set(), _train_pipelines={})
+        state["_stream"] = None
         return state
 
     def __repr__(self) -> str:

@@ -70,14 +70,12 @@ def make_data(config) -> tuple[np.ndarray, np.ndarray]:
     with W_Q replaced by :func:`teacher_query`."""
     import jax
 
-    from attn_dynamics import models
-
     seed = student_seed(config)
     n, seq, dim, out = (int(config[k]) for k in ("num_samples", "seq_len", "dim", "out_dim"))
     rng = np.random.default_rng([int(config.seed), synthetic.X_STREAM])
     x = (float(config.input_scale) * rng.standard_normal((n, seq, dim))).astype(np.float32)
     options = {"sigma2": float(config.teacher_sigma2)} if config.teacher_sigma2 else {}
-    teacher = models.TheoryModel(
+    teacher = synthetic.theory_teacher(  # the theory model's parameters, paths and init
         dim=dim,
         out_dim=out,
         kernel=config.teacher_kernel,
