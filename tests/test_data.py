@@ -17,6 +17,7 @@ import sys
 import textwrap
 import time
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -100,6 +101,52 @@ def test_registry_names_and_unknown():
     c.name = "nope"
     with pytest.raises(ValueError, match="unknown dataset 'nope'; valid:"):
         data.get_dataset(c)
+
+
+class Squares(data.Dataset):
+    """The dataset recipe of docs/design.md: inputs ``x`` uniform in [0, 1), targets ``x^2``,
+    ``train_size`` examples, drawn from ``(seed, position)``."""
+
+    name = "recipe_squares"
+    eval_splits = ("test",)
+
+    def __init__(self, config, mesh=None):
+        super().__init__(config, mesh)
+        self.train_size = int(config.train_size)
+        self.train_batch_size = self.eval_batch_size = int(config.batch_size)
+        self._check_batch_sizes()
+        self.info = {"task": "regression", "dim": 3, "out_dim": 3, "seq_len": 2}
+
+    def _examples(self, split, positions):
+        stream = base.TRAIN_STREAM if split == "train" else base.EVAL_STREAM
+        x = np.stack(
+            [np.random.default_rng([self.seed, stream, int(i)]).random((2, 3)) for i in positions]
+        ).astype(np.float32)
+        return {"inputs": x, "targets": x**2}
+
+    def _eval_size(self, split):
+        return 10
+
+
+def test_recipe_dataset(monkeypatch):
+    monkeypatch.setattr(data, "_REGISTRY", dict(data._REGISTRY))  # registered for this test only
+
+    def default_config():
+        c = ml_collections.ConfigDict()
+        c.name, c.train_size, c.batch_size, c.seed = "recipe_squares", 12, 4, 0
+        return c
+
+    data.register("recipe_squares", default_config, Squares)
+    ds = data.get_dataset(data.default_config("recipe_squares"))
+    first = take(ds.train_iter(0), 7)  # crosses two epoch ends
+    for step in (0, 3, 6):
+        batch = ds.train_batch(step)
+        assert_batches_equal(batch, first[step])
+        np.testing.assert_array_equal(batch["targets"], batch["inputs"] ** 2)
+    seen = np.concatenate([ds.train_indices(s) for s in range(3)])
+    assert sorted(seen) == list(range(12))  # an epoch visits every example once
+    weights = np.concatenate([b["weight"] for b in ds.eval_batches("test")])
+    np.testing.assert_array_equal(weights, [1.0] * 10 + [0.0] * 2)
 
 
 def test_synthetic_fields_match_the_schema():
