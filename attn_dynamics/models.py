@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from attn_dynamics import position
+from attn_dynamics import floater, position  # noqa: F401  (floater registers 'floater')
 from attn_dynamics.attention import Implementation, MultiHeadAttention
 
 Array = jax.Array

@@ -8,7 +8,10 @@ returns :class:`PositionTerms`, the three places a transformer can take position
 * ``qkv_bias``  ``[L, 3, T, D]``: per-position biases on the q/k/v projections of every block
   (FLOATER, ``qkv_bias``: the reference code's form).
 
-The encoder adds whichever terms are present, so a new encoding needs no model change.
+The encoder adds whichever terms are present, so a new encoding needs no model change. An
+encoding defined in its own module registers itself with :func:`register` when imported and
+depends on this module, never the reverse: :mod:`attn_dynamics.floater` is imported by
+:mod:`attn_dynamics.models`, so every model (and config check) sees ``'floater'``.
 """
 
 from __future__ import annotations
@@ -48,25 +51,14 @@ def register(name: str) -> Callable[[PositionFactory], PositionFactory]:
 
 
 def names() -> list[str]:
-    _import_plugins()
     return sorted(_REGISTRY)
 
 
 def make(name: str, *, dim: int, num_layers: int, max_len: int, **options) -> nn.Module:
     """The position-encoding module ``name``; ValueError listing the valid names."""
-    _import_plugins()
     if name not in _REGISTRY:
         raise ValueError(f"unknown position encoding {name!r}; valid encodings: {names()}")
     return _REGISTRY[name](dim=dim, num_layers=num_layers, max_len=max_len, **options)
-
-
-def _import_plugins() -> None:
-    # Encodings defined in their own modules register on import; importing here keeps
-    # `position.make("floater", ...)` working without the caller importing floater first.
-    import importlib.util
-
-    if importlib.util.find_spec("attn_dynamics.floater") is not None:
-        import attn_dynamics.floater  # noqa: F401
 
 
 def sinusoidal_table(length: int, dim: int, *, base: float = 10_000.0) -> Array:
