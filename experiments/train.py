@@ -264,6 +264,7 @@ def _run(setup: Setup, path: pathlib.Path, stop, user_hooks, user_metrics) -> di
             run.log.flush(durable=True)
             ckpt.save(int(run.state.step), run.state, run.frozen)
     except (checkpointing.CheckpointError, OSError) as e:
+        _abandon(run.writer)
         raise RunFailed(str(e) if isinstance(e, checkpointing.CheckpointError) else
                         f"could not write into {path} ({e.strerror or e}); the last good "
                         "checkpoint is kept") from None  # fmt: skip
@@ -424,6 +425,14 @@ def _check_rows(writer, start: int, num_steps: int, log_every: int, metrics) -> 
             f"{writer.path} lacks the rows of steps {shown} that precede the checkpoint of "
             f"step {start}; restore the file, or rerun in a fresh --workdir"
         )
+
+
+def _abandon(writer) -> None:
+    """Close the writers of a failed run; what they cannot flush (a full disk) is dropped
+    here rather than reported again at interpreter exit."""
+    for close in (writer.file.close, writer.tb.close) if hasattr(writer, "tb") else ():
+        with contextlib.suppress(OSError):
+            close()
 
 
 def _close(ds) -> None:
