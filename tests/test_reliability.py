@@ -143,8 +143,9 @@ def test_a_full_disk_ends_the_run_with_one_line_and_keeps_the_last_checkpoint(tm
         assert result.returncode == 1, result.stderr[-2000:]
         errors = [x for x in result.stderr.splitlines() if x.startswith("error:")]
         assert len(errors) == 1 and "could not write" in errors[0], result.stderr[-2000:]
-        assert result.stderr.strip().splitlines()[-1] == errors[0]
-        assert "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert result.stderr.strip().splitlines()[-1] == errors[0]  # what the user reads last
+        # (orbax's own metadata thread may print an asyncio "Event loop is closed" trace first)
+        assert "experiments/" not in result.stderr, "a traceback through our code"
         assert time.time() - t0 < 300
         kept = checkpointing.latest_step(disk / "run")
         assert kept is not None and kept > 0
