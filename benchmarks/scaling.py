@@ -73,51 +73,79 @@ def _bytes_on(tree, device) -> int:
     )
 
 
-def time_steps(config, num_steps: int) -> dict:
-    """Compile the run's training step and time ``num_steps`` calls (the batch fetched before
-    each timed call); medians of wall and process CPU seconds per step, bytes per device."""
-    import jax
-    import numpy as np
+class Stepper:
+    """A run's compiled training step (through the library: ``prepare``, ``initial_state``,
+    ``make_train_step``), advanced one timed step per call."""
 
-    from experiments import steps, train
+    def __init__(self, config):
+        import jax
+        import numpy as np
 
-    setup = train.prepare(config)
-    try:
-        state, frozen, trainable0 = train.initial_state(setup)
-        loss_fn = steps.make_loss(setup.model, setup.ds.info["task"])
-        step = steps.make_train_step(loss_fn, setup.tx, config.train.loss_threshold)
-        baseline = np.full((len(config.seeds),), np.nan, np.float32)  # criterion off
-        args = (state, frozen, trainable0, setup.first_batch, np.asarray(False), baseline)
+        from experiments import steps, train
+
+        self.config, self.setup = config, train.prepare(config)
+        self.state, self.frozen, self.trainable0 = train.initial_state(self.setup)
+        loss_fn = steps.make_loss(self.setup.model, self.setup.ds.info["task"])
+        step = steps.make_train_step(loss_fn, self.setup.tx, config.train.loss_threshold)
+        self.baseline = np.full((len(config.seeds),), np.nan, np.float32)  # criterion off
+        args = (self.state, self.frozen, self.trainable0, self.setup.first_batch,
+                np.asarray(False), self.baseline)  # fmt: skip
         t0 = time.perf_counter()
-        compiled = jax.jit(step, donate_argnums=0).lower(*args).compile()
-        compile_s = time.perf_counter() - t0
-        device = setup.mesh.devices.flat[0]
-        state_bytes = _bytes_on((state.trainable, state.opt_state, frozen), device)
-        memory = compiled.memory_analysis()
-        hlo = compiled.as_text() or ""
-        wall, cpu = [], []
-        for i in range(num_steps + 1):  # the first call also pays one-off costs: dropped
-            batch = setup.first_batch if i == 0 else setup.ds.train_batch(i)
-            w0, c0 = time.perf_counter(), time.process_time()
-            state, _ = compiled(state, frozen, trainable0, batch, np.asarray(False), baseline)
-            jax.block_until_ready(state)
-            wall.append(time.perf_counter() - w0)
-            cpu.append(time.process_time() - c0)
-        loss = float(np.mean(np.asarray(train.gather(state.outcome["last_loss"]))))
+        self.compiled = jax.jit(step, donate_argnums=0).lower(*args).compile()
+        self.compile_s = time.perf_counter() - t0
+        self.done = 0
+
+    def step(self) -> tuple[float, float]:
+        """One step (the batch fetched untimed); its (wall, process CPU) seconds."""
+        import jax
+        import numpy as np
+
+        ds = self.setup.ds
+        batch = self.setup.first_batch if self.done == 0 else ds.train_batch(self.done)
+        w0, c0 = time.perf_counter(), time.process_time()
+        self.state, _ = self.compiled(
+            self.state, self.frozen, self.trainable0, batch, np.asarray(False), self.baseline
+        )
+        jax.block_until_ready(self.state)
+        self.done += 1
+        return time.perf_counter() - w0, time.process_time() - c0
+
+    def figures(self, samples: list[tuple[float, float]]) -> dict:
+        import jax
+        import numpy as np
+
+        from experiments import train
+
+        memory = self.compiled.memory_analysis()
+        hlo = (self.compiled.as_text() or "").lower()
+        device = self.setup.mesh.devices.flat[0]
+        state = (self.state.trainable, self.state.opt_state, self.frozen)
+        return {
+            "mesh": dict(self.setup.mesh.shape),
+            "devices": jax.device_count(),
+            "compile_s": self.compile_s,
+            "step_wall_s": statistics.median(w for w, _ in samples),
+            "step_cpu_s": statistics.median(c for _, c in samples),
+            "state_bytes_per_device": _bytes_on(state, device),
+            "temp_bytes_per_device": getattr(memory, "temp_size_in_bytes", None),
+            "cudnn_attention": "cudnn" in hlo and "fmha" in hlo,
+            "final_loss": float(np.mean(train.gather(self.state.outcome["last_loss"]))),
+        }
+
+    def close(self) -> None:
+        if hasattr(self.setup.ds, "close"):
+            self.setup.ds.close()
+
+
+def time_steps(config, num_steps: int) -> dict:
+    """Compile the run's step and time ``num_steps`` calls after a first, dropped one (it pays
+    one-off costs): medians of wall and process CPU seconds per step, bytes per device."""
+    stepper = Stepper(config)
+    try:
+        stepper.step()
+        return stepper.figures([stepper.step() for _ in range(num_steps)])
     finally:
-        if hasattr(setup.ds, "close"):
-            setup.ds.close()
-    return {
-        "mesh": dict(setup.mesh.shape),
-        "devices": jax.device_count(),
-        "compile_s": compile_s,
-        "step_wall_s": statistics.median(wall[1:]),
-        "step_cpu_s": statistics.median(cpu[1:]),
-        "state_bytes_per_device": state_bytes,
-        "temp_bytes_per_device": getattr(memory, "temp_size_in_bytes", None),
-        "cudnn_attention": "cudnn" in hlo.lower() and "fmha" in hlo.lower(),
-        "final_loss": loss,
-    }
+        stepper.close()
 
 
 def worker(theory_steps: int, encoder_steps: int) -> None:
