@@ -69,7 +69,8 @@ def two_processes(args, workdir) -> list[subprocess.Popen]:
 
 
 def wait_all(procs, timeout=400) -> list[tuple[int, str]]:
-    return [(p.returncode, p.communicate(timeout=timeout)[1]) for p in procs]
+    errors = [p.communicate(timeout=timeout)[1] for p in procs]
+    return [(p.returncode, err) for p, err in zip(procs, errors, strict=True)]
 
 
 def rows(workdir) -> list[dict]:
@@ -104,8 +105,8 @@ def test_a_killed_peer_ends_the_other_and_both_resume(tmp_path):
     workdir = tmp_path / "run"
     procs = two_processes(args, workdir)
     deadline = time.time() + 300
-    while time.time() < deadline and not list((workdir / "checkpoints").glob("[0-9]*")):
-        time.sleep(0.2)
+    while time.time() < deadline and checkpointing.latest_step(workdir) is None:
+        time.sleep(0.2)  # a committed checkpoint (a tmp dir is not one)
     procs[1].send_signal(signal.SIGKILL)
     t_kill = time.time()
     code, _ = procs[0].wait(timeout=180), None
