@@ -21,7 +21,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.name = "theory"  # 'theory' (one attention layer) | 'encoder' (classifier)
     c.model.kernel = "softmax"  # any name in attn_dynamics.kernels.names()
     c.model.sigma2 = config_dict.placeholder(float)  # Gaussian bandwidth; unset: sqrt(head_dim)
-    c.model.implementation = "auto"  # 'auto' | 'fast' | 'explicit'
+    c.model.implementation = "auto"  # 'auto' | 'fast' | 'blockwise' | 'explicit'
     c.model.num_heads = 1
     # theory model
     c.model.dim = 64  # token dimension d (= data.dim)
