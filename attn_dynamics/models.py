@@ -36,6 +36,7 @@ class TheoryModel(nn.Module):
     qk_init_scale: float = 1.0
     v_init_scale: float = 1.0
     implementation: Implementation = "auto"
+    dtype: Any = None  # compute dtype (None: the inputs'); parameters stay float32
 
     def setup(self):
         self.attention = MultiHeadAttention(
@@ -49,6 +50,7 @@ class TheoryModel(nn.Module):
             use_bias=False,
             qk_init=scaled_normal(self.qk_init_scale),
             v_init=scaled_normal(self.v_init_scale),
+            dtype=self.dtype,
         )
 
     def __call__(self, x: Array) -> Array:
@@ -73,12 +75,13 @@ def classification_loss(logits: Array, labels: Array) -> Array:
 class MLP(nn.Module):
     hidden_dim: int
     dropout_rate: float = 0.0
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool) -> Array:
-        h = nn.gelu(nn.Dense(self.hidden_dim, name="mlp_in")(x))
+        h = nn.gelu(nn.Dense(self.hidden_dim, dtype=self.dtype, name="mlp_in")(x))
         h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
-        return nn.Dense(x.shape[-1], name="mlp_out")(h)
+        return nn.Dense(x.shape[-1], dtype=self.dtype, name="mlp_out")(h)
 
 
 class EncoderBlock(nn.Module):
@@ -90,6 +93,7 @@ class EncoderBlock(nn.Module):
     kernel_options: Mapping[str, Any] | None = None
     implementation: Implementation = "auto"
     dropout_rate: float = 0.0
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None, qkv_bias=None, *, train: bool) -> Array:
@@ -101,14 +105,14 @@ class EncoderBlock(nn.Module):
             kernel=self.kernel,
             kernel_options=self.kernel_options,
             implementation=self.implementation,
+            dtype=self.dtype,
             name="attention",
         )
+        norm = lambda name: nn.LayerNorm(dtype=self.dtype, name=name)  # statistics in float32
         dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
-        x = x + dropout(
-            attention(nn.LayerNorm(name="ln_attention")(x), mask=mask, qkv_bias=qkv_bias)
-        )
-        mlp = MLP(self.mlp_dim, self.dropout_rate, name="mlp")
-        return x + dropout(mlp(nn.LayerNorm(name="ln_mlp")(x), train=train))
+        x = x + dropout(attention(norm("ln_attention")(x), mask=mask, qkv_bias=qkv_bias))
+        mlp = MLP(self.mlp_dim, self.dropout_rate, self.dtype, name="mlp")
+        return x + dropout(mlp(norm("ln_mlp")(x), train=train))
 
 
 class EncoderClassifier(nn.Module):
@@ -134,14 +138,17 @@ class EncoderClassifier(nn.Module):
     position_options: Mapping[str, Any] | None = None
     max_len: int = 1024
     dropout_rate: float = 0.0
+    # Compute dtype (None: float32). Parameters and the optimiser state stay float32; the
+    # attention softmax / kernel, LayerNorm statistics and the loss are computed in float32.
+    dtype: Any = None
 
     def setup(self):
         if self.pooling not in ("mean", "cls"):
             raise ValueError(f"unknown pooling {self.pooling!r}; valid: ['cls', 'mean']")
         if self.embedding == "tokens":
-            self.embed = nn.Embed(self.vocab_size, self.embed_dim)
+            self.embed = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype)
         elif self.embedding == "dense":
-            self.embed = nn.Dense(self.embed_dim)
+            self.embed = nn.Dense(self.embed_dim, dtype=self.dtype)
         else:
             raise ValueError(f"unknown embedding {self.embedding!r}; valid: ['dense', 'tokens']")
         if self.pooling == "cls":
@@ -161,12 +168,13 @@ class EncoderClassifier(nn.Module):
                 self.kernel_options,
                 self.implementation,
                 self.dropout_rate,
+                self.dtype,
                 name=f"block_{i}",
             )
             for i in range(self.num_layers)
         ]
-        self.final_norm = nn.LayerNorm()
-        self.head = nn.Dense(self.num_classes)
+        self.final_norm = nn.LayerNorm(dtype=self.dtype)
+        self.head = nn.Dense(self.num_classes, dtype=self.dtype)
 
     def position_terms(self, length: int) -> position.PositionTerms:
         """The position terms for ``length`` positions (CLS included), to compute once and cache."""
@@ -184,7 +192,8 @@ class EncoderClassifier(nn.Module):
         batch, length = x.shape[:2]
         valid = jnp.ones((batch, length), bool) if valid is None else valid.astype(bool)
         if self.pooling == "cls":
-            x = jnp.concatenate([jnp.broadcast_to(self.cls, (batch, 1, x.shape[-1])), x], axis=1)
+            cls = jnp.broadcast_to(self.cls.astype(x.dtype), (batch, 1, x.shape[-1]))
+            x = jnp.concatenate([cls, x], axis=1)
             valid = jnp.concatenate([jnp.ones((batch, 1), bool), valid], axis=1)
         terms = self.position_terms(x.shape[1]) if position_terms is None else position_terms
         if terms.at_input is not None:

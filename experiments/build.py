@@ -36,6 +36,7 @@ def build_model(config: ml_collections.ConfigDict, info: dict):
             qk_init_scale=m.qk_init_scale,
             v_init_scale=m.v_init_scale,
             implementation=m.implementation,
+            dtype=compute_dtype(m),
         )
     return models.EncoderClassifier(
         num_classes=info["num_classes"],
@@ -47,6 +48,7 @@ def build_model(config: ml_collections.ConfigDict, info: dict):
         kernel=m.kernel,
         kernel_options=kernel_options,
         implementation=m.implementation,
+        dtype=compute_dtype(m),
         embedding=m.embedding,
         pooling=m.pooling,
         position=m.position,
@@ -54,6 +56,12 @@ def build_model(config: ml_collections.ConfigDict, info: dict):
         max_len=max(m.max_len, info.get("max_len", 0), info.get("seq_len", 0)),
         dropout_rate=m.dropout_rate,
     )
+
+
+def compute_dtype(m: ml_collections.ConfigDict):
+    """``config.model.dtype`` as a jnp dtype; float32 is ``None`` (the modules' default), so a
+    float32 model is the very same program as before the option existed."""
+    return None if m.dtype == "float32" else jnp.dtype(m.dtype)
 
 
 def position_options(config) -> dict:

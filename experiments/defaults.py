@@ -23,6 +23,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.sigma2 = config_dict.placeholder(float)  # Gaussian bandwidth; unset: sqrt(head_dim)
     c.model.implementation = "auto"  # 'auto' | 'fast' | 'blockwise' | 'explicit'
     c.model.num_heads = 1
+    # Compute dtype: 'float32' | 'bfloat16' | 'float16'. Parameters, optimiser state, the
+    # attention softmax / kernel, LayerNorm statistics, loss and diagnostics stay float32.
+    c.model.dtype = "float32"
     # theory model
     c.model.dim = 64  # token dimension d (= data.dim)
     c.model.out_dim = 1  # output dimension per token (= data.out_dim)

@@ -22,6 +22,7 @@ MODELS = ("theory", "encoder")
 IMPLEMENTATIONS = ("auto", "fast", "blockwise", "explicit")  # attn_dynamics.attention's
 SOFTMAX_ONLY_IMPLEMENTATIONS = ("fast", "blockwise")  # paths built on a kernel's softmax form
 POOLINGS = ("mean", "cls")
+DTYPES = ("float32", "bfloat16", "float16")  # compute dtypes; parameters stay float32
 EMBEDDINGS = ("tokens", "dense")
 # Built-in registry entries (tests/test_cli.py checks them against the registries).
 BUILTIN_KERNELS = ("gaussian", "gaussian_unnormalized", "linear", "softmax")
@@ -186,6 +187,7 @@ def check_model(config) -> None:
     if m.get("sigma2") is not None:
         _real("model.sigma2", m.sigma2, low=0.0, open_low=True)
     _choice("model.implementation", m.implementation, IMPLEMENTATIONS)
+    _choice("model.dtype", m.get("dtype", "float32"), DTYPES)
     if m.implementation in SOFTMAX_ONLY_IMPLEMENTATIONS and not has_softmax_form(m.kernel):
         valid = [k for k in kernel_names() if has_softmax_form(k)]
         raise ConfigError(
