@@ -220,16 +220,6 @@ def config_json(config) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def is_finished(cell_dir: str | os.PathLike, config=None) -> bool:
     """``summary.json`` says done or diverged, and (given ``config``) the run is of it."""
     try:
@@ -238,10 +228,10 @@ def is_finished(cell_dir: str | os.PathLike, config=None) -> bool:
             return False
         if config is None:
             return True
-        saved = _flatten(rundirs.read_config(cell_dir))
+        saved = rundirs.flatten(rundirs.read_config(cell_dir))
     except rundirs.RunDirError:
         return False  # damaged: training again resumes from the checkpoint and rewrites it
-    wanted = _flatten(config_json(config))
+    wanted = rundirs.flatten(config_json(config))
     return all(
         saved.get(k) == wanted.get(k) for k in set(saved) | set(wanted) if k not in COSMETIC_FIELDS
     )

@@ -68,6 +68,9 @@ class MetricLog:
     def due(self, step: int, last: bool) -> bool:
         return step % self.log_every == 0 or last or any(m.due(step, last) for m in self.metrics)
 
+    def metrics_due(self, step: int, last: bool) -> bool:
+        return any(m.due(step, last) for m in self.metrics)
+
     def extra(self, step: int, last: bool, trainable, frozen, batch) -> dict:
         """The due metrics, dispatched now (asynchronously) on the parameters at ``step``."""
         out = {}

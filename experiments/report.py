@@ -22,6 +22,7 @@ import sys
 import numpy as np
 
 from experiments import rundirs
+from experiments.rundirs import config_value
 
 DRAW_FIELDS = ("data.seed",)  # a new draw of the data: figures per draw, then across draws
 POOLED_FIELDS = ("seeds",)  # more seeds of the same draw: pooled
@@ -49,15 +50,6 @@ class Row:
     @property
     def cells(self) -> list[rundirs.Cell]:
         return [c for d in self.draws for c in d.cells]
-
-
-def config_value(config: dict, field: str):
-    node = config
-    for key in field.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node
 
 
 def find_rows(root: pathlib.Path) -> tuple[list[Row], list[rundirs.Cell]]:

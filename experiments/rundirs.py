@@ -157,3 +157,24 @@ def _walk(root: pathlib.Path, directory: pathlib.Path, *, in_sweep: bool):
 
 def _relative(root: pathlib.Path, path: pathlib.Path) -> str:
     return path.relative_to(root).as_posix() if path != root else root.name
+
+
+def config_value(config: dict, field: str):
+    """``config['a']['b']`` for ``field='a.b'``; None where the path does not exist."""
+    node = config
+    for key in field.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    """A saved config as ``{'a.b': value}``: what two runs' configs are compared by."""
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -359,9 +359,10 @@ def loop(run: Run, step_fns: dict, all_hooks, stop, progress) -> None:
         logged = run.log.due(step, last)
         row = {}
         if logged:
-            # Parameters *at* this step (before its update), copied out of the donated state.
-            at_step = jax.tree.map(jnp.copy, run.state.trainable)
-            row = run.log.extra(step, last, at_step, run.frozen, batch)
+            if run.log.metrics_due(step, last):
+                # Parameters *at* this step (before its update), copied out of the donated state.
+                at_step = jax.tree.map(jnp.copy, run.state.trainable)
+                row = run.log.extra(step, last, at_step, run.frozen, batch)
             row["alive"] = jnp.copy(run.state.outcome["alive"])
         compiled = step_fns["solve"] if step % update_every == 0 else step_fns["cached"]
         run.state, metrics = compiled(

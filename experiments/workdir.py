@@ -15,6 +15,8 @@ import pathlib
 import socket
 from collections.abc import Iterator
 
+from experiments.rundirs import flatten
+
 # Fields that may differ when an existing workdir is resumed (they do not change the run).
 RESUMABLE_CHANGES = ("train.num_steps", "train.progress_bar", "train.stop_at_threshold")
 
@@ -68,7 +70,7 @@ def check_same_config(workdir: pathlib.Path, config_json: dict) -> None:
             f"{saved} is damaged (not JSON); if this workdir holds a run of this config, delete "
             "that file and rerun to resume, else use a fresh --workdir"
         ) from None
-    before, now = _flatten(before), _flatten(config_json)
+    before, now = flatten(before), flatten(config_json)
     changed = sorted(
         k
         for k in set(before) | set(now)
@@ -87,13 +89,3 @@ def read_summary(workdir: pathlib.Path) -> dict | None:
         return json.loads((workdir / "summary.json").read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out

@@ -13,6 +13,7 @@ import pathlib
 import numpy as np
 
 from experiments import rundirs
+from experiments.rundirs import config_value
 
 INIT_QUANTITIES = ("sigma_min_attention_output", "sv_ratio_q_v", "sv_ratio_k_v")
 
@@ -59,16 +60,6 @@ PER_SEED = (  # the array fields, concatenated when cells are pooled
 
 def _float(x) -> float:
     return float("nan") if x is None else float(x)
-
-
-def config_value(config: dict, field: str):
-    """``config['a']['b']`` for ``field='a.b'``; None where the path does not exist."""
-    node = config
-    for key in field.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node
 
 
 def per_seed(row: dict, name: str, num_seeds: int) -> np.ndarray:
