@@ -79,6 +79,14 @@ MAIN = "--config=configs/qk_frozen.py"
 ENCODER = ["--config.model.name=encoder", "--config.model.embed_dim=12"]
 BAD_INPUTS = {  # case: (arguments, words the error line must contain)
     "unknown variant": (["--config=configs/qk_frozen.py:nope"], ["'nope'", "smoke"]),
+    "unknown variant of an encoder config": (
+        ["--config=configs/order_task.py:nope"],
+        ["'nope'", "lookback, precedence, smoke"],
+    ),
+    "encoder config dropout 1.5": (
+        ["--config=configs/pathfinder.py", "--config.model.dropout_rate=1.5"],
+        ["dropout_rate", "1.5"],
+    ),
     "get_config returns a dict": (["--config={dict_config}"], ["returns_dict.py", "dict"]),
     "learning rate inf": ([MAIN, "--config.train.learning_rate=inf"], ["learning_rate", "inf"]),
     "learning rate nan": ([MAIN, "--config.train.learning_rate=nan"], ["learning_rate", "nan"]),
@@ -138,6 +146,22 @@ def test_bad_input_exits_2_with_one_line_before_jax(case, existing_workdir, dict
     assert result.stdout == ""
     assert not imported & set(HEAVY_MODULES), sorted(imported & set(HEAVY_MODULES))
     assert snapshot(existing_workdir) == before
+
+
+def test_every_config_file_loads_without_jax():
+    """Config files read the datasets' default configs, never JAX: the checks above stay fast."""
+    code = (
+        "import importlib, sys\n"
+        f"for name in {CONFIG_NAMES!r}:\n"
+        "    importlib.import_module(f'configs.{name}').get_config()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        f"{HEAVY_MODULES!r}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "[]", result.stdout
 
 
 def test_missing_config_lists_only_config_files():

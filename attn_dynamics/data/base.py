@@ -40,14 +40,19 @@ import dataclasses
 import functools
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
-import grain
-import jax
 import numpy as np
 from absl import flags
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-Batch = dict[str, np.ndarray | jax.Array]
+# JAX and grain are imported where they are used, so that config files, which read the datasets'
+# default configs, load without them: a bad command line is rejected before JAX starts.
+if TYPE_CHECKING:
+    import grain
+    import jax
+    from jax.sharding import Mesh
+
+Batch = dict[str, "np.ndarray | jax.Array"]
 
 # Purposes folded into NumPy seed sequences, so streams never overlap.
 SHUFFLE_STREAM = 1
@@ -73,6 +78,9 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Ar
     Every process passes its own rows (the same number on each); the global batch is their
     concatenation over processes. With one process this is a sharded ``device_put``.
     """
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+
     n_data = data_axis_size(mesh)
     sharding = NamedSharding(mesh, PartitionSpec("data"))
     out = {}
@@ -184,6 +192,8 @@ class _Decode:
 
 def _pipeline(dataset: Dataset, split: str, order, shard: tuple[int, int]) -> grain.MapDataset:
     """Elements ``index, index + count, ...`` of ``order``, decoded."""
+    import grain
+
     index, count = shard
     elements = grain.MapDataset.range(len(order))
     if count > 1:
@@ -255,6 +265,8 @@ class Dataset:
         mesh, the whole batch without one."""
         if self.mesh is None:
             return 0, 1
+        import jax
+
         return jax.process_index(), jax.process_count()
 
     def train_indices(self, step: int) -> np.ndarray:
@@ -288,6 +300,8 @@ class Dataset:
 
     def _iterate(self, ds: grain.MapDataset) -> Iterator[Batch]:
         """``ds`` in order, prefetched by grain threads (and worker processes)."""
+        import grain
+
         it_ds = ds.to_iter_dataset(
             grain.ReadOptions(num_threads=self.prefetch, prefetch_buffer_size=self.prefetch)
         )
