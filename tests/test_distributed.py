@@ -1,6 +1,6 @@
 """Multi-host for real: two CPU processes on 127.0.0.1 joined by JAX's distributed runtime (gloo
-collectives) train one run, equal to one process with two devices; a killed peer ends the
-other; rerunning both resumes."""
+collectives) train one run, equal to one process with two devices; their checkpoint resumes in
+one process; a killed peer ends the other; rerunning both resumes."""
 
 from __future__ import annotations
 
@@ -96,6 +96,26 @@ def test_two_processes_equal_one_process_with_two_devices(case, tmp_path):
                                    rtol=1e-6)  # fmt: skip
     summary = json.loads((tmp_path / "hosts" / "summary.json").read_text())
     assert summary["mesh"] == {"seeds": 1, "data": 2} and summary["status"] == "done"
+    if case == "main_job":
+        check_two_process_checkpoint_resumes_in_one_process(args, tmp_path, len(a))
+
+
+def check_two_process_checkpoint_resumes_in_one_process(args, tmp_path, rows_before: int):
+    """A checkpoint the two hosts wrote collectively, resumed by one process on one device: the
+    rows already written stay, and the new ones equal the 2-device run's continuation."""
+    longer = [*args, "--config.train.num_steps=60"]
+    for workdir, devices in (("hosts", 1), ("single", 2)):
+        out = subprocess.run(command(longer, tmp_path / workdir), cwd=ROOT, env=env(devices),
+                             capture_output=True, text=True)  # fmt: skip
+        assert out.returncode == 0, out.stderr[-2000:]
+    a, b = rows(tmp_path / "hosts"), rows(tmp_path / "single")
+    assert len(a) > rows_before and [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        np.testing.assert_allclose(
+            [ra[k] for k in sorted(rb)], [rb[k] for k in sorted(rb)], rtol=2e-5
+        )  # a 1-device and a 2-device sum: not bitwise
+    summary = json.loads((tmp_path / "hosts" / "summary.json").read_text())
+    assert summary["final_step"] == 60 and summary["mesh"] == {"seeds": 1, "data": 1}
 
 
 @pytest.mark.slow
