@@ -122,11 +122,18 @@ class SaveCheckpoint:
 
 @dataclasses.dataclass
 class StopAtThreshold:
-    """Stop once every live seed has reached the loss threshold (``train.stop_at_threshold``)."""
+    """Stop once every live seed has reached the loss threshold (``train.stop_at_threshold``).
 
+    Checked after each logged step (``step % log_every == 0``), whose metrics the host reads
+    anyway: checking every step would add a device-to-host sync per step. A run therefore
+    stops at most ``log_every`` steps after the threshold step that ``summary.json`` records."""
+
+    log_every: int
     every: int = 1
 
     def __call__(self, run: Run) -> None:
+        if (run.done - 1) % self.log_every:
+            return
         o = gather(run.state.outcome)
         if np.all((o["threshold_step"] >= 0) | ~o["alive"]):
             run.stop_reason = "threshold"

@@ -327,7 +327,7 @@ def builtin_hooks(config) -> tuple[hooks.Hook, ...]:
     t = config.train
     out: list[hooks.Hook] = [hooks.Evaluate(t.eval_every), hooks.SaveCheckpoint(t.checkpoint_every)]
     if t.stop_at_threshold:
-        out.append(hooks.StopAtThreshold())
+        out.append(hooks.StopAtThreshold(t.log_every))
     return tuple(out)
 
 
