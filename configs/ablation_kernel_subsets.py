@@ -2,7 +2,9 @@
 
 kernel {softmax, gaussian} x trainable {QKV, V, Q, K}, 16 seeds per cell trained at once
 (vmapped), full-batch GD on the setting of ``qk_frozen.py`` (n = 4 samples of N = 4 tokens in
-d = 64 dimensions, out_dim 4, realisable targets from a random teacher). A seed "converges"
+d = 64 dimensions, out_dim 4, targets from a random *softmax* teacher for both kernels, so
+that the kernels are compared on the same data; ``--config.data.teacher_kernel=gaussian``, or
+deleting that line, gives each kernel a teacher of its own form). A seed "converges"
 when its loss reaches ``train.loss_threshold`` x its initial loss; cells stop early once every
 seed did.
 
@@ -24,6 +26,7 @@ def get_config(arg=None):
     smoke = "smoke" in variants(arg, ["smoke"])
     c = qk_frozen.get_config()
     c.seeds = tuple(range(16))
+    c.data.teacher_kernel = "softmax"  # one target set for both kernels (see the docstring)
     c.train.num_steps = 10_000
     c.train.log_every = 100
     c.train.checkpoint_every = 10_000

@@ -1,7 +1,7 @@
 """Ablation: over-parameterisation, embedding dimension d relative to n*N (finding 4).
 
 The theory model of ``qk_frozen.py`` (n = 4 samples of N = 4 tokens, nN = 16, out_dim 4,
-realisable targets from a random teacher), with d in {8, 16, 32, 64, 128}, i.e.
+targets from a random softmax teacher for both kernels, as in ``ablation_kernel_subsets.py``), with d in {8, 16, 32, 64, 128}, i.e.
 d / (nN) in {0.5, 1, 2, 4, 8}, for V-only and QKV training, both kernels, 16 seeds per cell.
 With d < nN the attention-output matrix Phi ([nN, d]) cannot have full row rank, so V-only GD
 cannot fit generic targets.
@@ -26,6 +26,7 @@ def get_config(arg=None):
     smoke = "smoke" in variants(arg, ["smoke"])
     c = qk_frozen.get_config()
     c.seeds = tuple(range(16))
+    c.data.teacher_kernel = "softmax"  # one target set for both kernels (see the docstring)
     c.train.learning_rate = 3.2 / (c.model.get_ref("dim").to_float() + 8.0)
     c.train.num_steps = 10_000
     c.train.log_every = 100

@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 
 from attn_dynamics import models, streams
 from experiments import checkpointing, optim
@@ -20,6 +21,17 @@ from experiments.validation import ConfigError
 
 PyTree = Any
 INIT_STREAM, DROPOUT_STREAM = streams.INIT, streams.DROPOUT
+
+
+def data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``config.data`` as the data layer takes it: a teacher field left unset (None) takes the
+    model's value, so the targets come from a model of the trained model's own form."""
+    d = config.data.copy_and_resolve_references()
+    for field, model_field in (("teacher_kernel", "kernel"), ("teacher_sigma2", "sigma2")):
+        if field in d and d[field] is None:
+            with d.ignore_type():
+                d[field] = config.model.get(model_field)
+    return d
 
 
 def build_model(config: ml_collections.ConfigDict, info: dict):
@@ -69,8 +81,9 @@ def position_options(config) -> dict:
 
 
 def build_optimizer(t: ml_collections.ConfigDict):
-    """The optax optimiser ``t.optimizer`` (any name, see :mod:`experiments.optim`)."""
-    return optim.build_optimizer(
+    """The optax optimiser ``t.optimizer`` (any name, see :mod:`experiments.optim`); with
+    ``stable_step_fraction``, followed by a per-seed step scale (:func:`set_step_scale`)."""
+    tx = optim.build_optimizer(
         t.optimizer,
         t.learning_rate,
         t.optimizer_kwargs.to_dict(),
@@ -80,6 +93,29 @@ def build_optimizer(t: ml_collections.ConfigDict):
         warmup_steps=t.warmup_steps,
         grad_clip_norm=t.grad_clip_norm,
     )
+    if t.get("stable_step_fraction", 0.0) > 0:
+        # in the state, so that vmap gives every seed its own and checkpoints keep it
+        tx = optax.chain(tx, optax.inject_hyperparams(optax.scale)(step_size=1.0))
+    return tx
+
+
+def step_scale(opt_state) -> jax.Array:
+    """The per-seed step scale of a :func:`build_optimizer` state with one (``[seeds]``)."""
+    return opt_state[-1].hyperparams["step_size"]
+
+
+def set_step_scale(opt_state, scale: jax.Array):
+    """``opt_state`` with each seed's updates multiplied by ``scale[seed]``."""
+    scaled = opt_state[-1]._replace(hyperparams={"step_size": scale})
+    return (*opt_state[:-1], scaled)
+
+
+def stable_step_scale(sharpness: jax.Array, fraction: float, learning_rate: float) -> jax.Array:
+    """The scale that makes a seed's learning rate ``fraction x 2 / sharpness``; 1 (the
+    configured rate) where the sharpness is not a positive finite number."""
+    usable = jnp.isfinite(sharpness) & (sharpness > 0)
+    safe = jnp.where(usable, sharpness, 1.0)
+    return jnp.where(usable, fraction * 2.0 / (safe * learning_rate), 1.0).astype(jnp.float32)
 
 
 def trainable_spec(t: ml_collections.ConfigDict):

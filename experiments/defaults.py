@@ -69,6 +69,9 @@ def base_config() -> ml_collections.ConfigDict:
     # second criterion: loss <= baseline_threshold * the best constant predictor's loss
     c.train.baseline_threshold = 1e-3
     c.train.sharpness_every = 0  # top Hessian eigenvalue every k steps (0: off)
+    # > 0: each seed's learning rate is this x 2 / its sharpness at initialisation (the top
+    # Hessian eigenvalue on the first batch); learning_rate then only sets the schedule's shape
+    c.train.stable_step_fraction = 0.0
     c.train.stop_at_threshold = False  # stop once every seed reached the threshold
     c.train.init_from = config_dict.placeholder(str)  # checkpoint dir to warm-start params from
     c.train.progress_bar = True
@@ -90,7 +93,10 @@ def synthetic_regression_config(model: ml_collections.ConfigDict) -> ml_collecti
     d.dim = model.get_ref("dim")
     d.out_dim = model.get_ref("out_dim")
     d.targets = "random"  # 'random' | 'teacher'
-    d.teacher_kernel = "softmax"
+    # None: the model's (a teacher of the trained model's own form); resolved by
+    # experiments.build.data_config, not a reference, so that setting it leaves the model alone
+    d.teacher_kernel = config_dict.placeholder(str)
+    d.teacher_sigma2 = config_dict.placeholder(float)
     d.input_scale = 1.0
     d.batch_size = 0  # 0: full batch (gradient descent)
     d.seed = 0

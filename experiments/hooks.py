@@ -141,20 +141,27 @@ class StopAtThreshold:
 
 def sharpness_metric(loss_fn: Callable, every: int, num_iters: int = 20) -> Metric:
     """The top Hessian eigenvalue of the training loss w.r.t. the trained parameters, per seed,
-    on the step's batch (power iteration on Hessian-vector products, never the Hessian itself).
-    Drawn against ``2 / learning_rate`` it shows the edge of stability."""
+    on the step's batch. Drawn against ``2 / learning_rate`` it shows the edge of stability."""
+    sharpness = per_seed_sharpness(loss_fn, num_iters)
+    return Metric("sharpness", every, lambda t, f, b: {"sharpness": sharpness(t, f, b)})
+
+
+def per_seed_sharpness(loss_fn: Callable, num_iters: int = 20, largest: str = "magnitude"):
+    """``(trainable, frozen, batch) -> [seeds]``: each seed's top Hessian eigenvalue w.r.t. its
+    trained parameters (power iteration on Hessian-vector products, never the Hessian)."""
 
     def one_seed(trainable, frozen, batch, key):
         loss = lambda t: loss_fn(freezing.merge(t, frozen), batch, key)[0]
-        return diagnostics.top_hessian_eigenvalue(loss, trainable, key, num_iters=num_iters)[0]
+        top = diagnostics.top_hessian_eigenvalue
+        return top(loss, trainable, key, num_iters=num_iters, largest=largest)[0]
 
     per_seed = jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None, 0)))
 
     def fn(trainable, frozen, batch):
         num_seeds = jax.tree_util.tree_leaves(trainable)[0].shape[0]
-        return {"sharpness": per_seed(trainable, frozen, batch, _keys(num_seeds))}
+        return per_seed(trainable, frozen, batch, _keys(num_seeds))
 
-    return Metric("sharpness", every, fn)
+    return fn
 
 
 def _keys(n: int) -> jax.Array:

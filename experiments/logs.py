@@ -70,6 +70,7 @@ def summarize(
     baseline_loss: float | None,
     baseline_threshold: float,
     evaluation: dict,
+    learning_rates=None,
     **extra,
 ) -> dict:
     """summary.json: run-level figures and one record per seed from that seed's own outcome.
@@ -79,7 +80,8 @@ def summarize(
     convergence criteria are reported per seed: ``steps_to_threshold`` (loss <=
     ``loss_threshold x`` its initial loss) and ``steps_to_baseline`` (loss <=
     ``baseline_threshold x`` the loss of the best constant predictor, which a near-trivial fit
-    cannot meet).
+    cannot meet). ``learning_rates``: each seed's own, where they differ
+    (``train.stable_step_fraction``).
     """
     alive = np.asarray(outcome["alive"])
     per_seed = []
@@ -98,6 +100,7 @@ def summarize(
                 "steps_to_threshold": _step(outcome["threshold_step"][i]),
                 "steps_to_baseline": _step(outcome["baseline_step"][i]),
                 "diverged_at": _step(outcome["diverged_at"][i]),
+                **({} if learning_rates is None else {"learning_rate": learning_rates[i]}),
                 **{
                     f"eval/{split}/{k}": _float(v[i])
                     for split, d in evaluation.items()
@@ -280,9 +283,10 @@ def progress_bar(enabled: bool, start: int, total: int):
     )  # fmt: skip
 
 
-def plot_curves(workdir: pathlib.Path, learning_rate: float | None = None) -> None:
+def plot_curves(workdir: pathlib.Path, learning_rate: float | list[float] | None = None) -> None:
     """``curves.png``: loss per seed (log scale), the training-dynamics norms, and where logged
-    sigma_min(Phi) and the sharpness against ``2 / learning_rate`` (the edge of stability)."""
+    sigma_min(Phi) and the sharpness against ``2 / learning_rate`` (the edge of stability;
+    one line per seed when each has its own rate)."""
     from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
 
     records = [r for r in read_metrics(workdir) if not r.get("eval")]
@@ -305,7 +309,9 @@ def plot_curves(workdir: pathlib.Path, learning_rate: float | None = None) -> No
             ax.plot(steps, per_seed, lw=0.7, alpha=0.5)
         ax.plot(steps, [r[name] for r in rows], color="black", lw=1.6, label="mean")
         if name == "sharpness" and learning_rate:
-            ax.axhline(2 / learning_rate, color="red", ls="--", lw=1, label="2 / lr")
+            for i, rate in enumerate(np.atleast_1d(learning_rate)):
+                label = "2 / lr" if np.ndim(learning_rate) == 0 else "2 / lr (per seed)"
+                ax.axhline(2 / rate, color="red", ls="--", lw=0.8, label=None if i else label)
             ax.legend(fontsize=8)
         ax.set_title(name)
         ax.set_xlabel("step")

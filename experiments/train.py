@@ -40,12 +40,16 @@ from experiments.build import (  # noqa: F401 -- the runner's public building bl
     INIT_STREAM,
     build_model,
     build_optimizer,
+    data_config,
     example_inputs,
     init_params,
     position_options,
     position_refresher,
     seed_keys,
+    set_step_scale,
     solve_every,
+    stable_step_scale,
+    step_scale,
     trainable_spec,
     warm_start,
 )
@@ -138,7 +142,8 @@ def prepare(config: ml_collections.ConfigDict) -> Setup:
     validate(config)
     seeds = tuple(config.seeds)
     try:
-        probe = data.get_dataset(config.data, mesh=None)  # batch sizes decide the mesh
+        dataset_config = data_config(config)
+        probe = data.get_dataset(dataset_config, mesh=None)  # batch sizes decide the mesh
         shape = sharding.mesh_shape(
             jax.device_count(),
             len(seeds),
@@ -148,7 +153,7 @@ def prepare(config: ml_collections.ConfigDict) -> Setup:
         )
         _close(probe)
         mesh = sharding.make_mesh(shape)
-        ds = data.get_dataset(config.data, mesh=mesh)
+        ds = data.get_dataset(dataset_config, mesh=mesh)
     except data.DatasetNotPrepared:
         raise
     except ValueError as e:
@@ -303,8 +308,34 @@ def initial_state(setup: Setup) -> tuple[TrainState, PyTree, PyTree]:
     host_params = jax.device_get(params)
     layout = sharding.seed_sharded(setup.mesh, jax.eval_shape(build, host_params), len(seeds))
     state, frozen = jax.jit(build, out_shardings=layout)(host_params)
+    if config.train.stable_step_fraction > 0:
+        state = with_stable_step(state, frozen, setup, config.train.stable_step_fraction)
     trainable0 = jax.tree.map(jnp.copy, state.trainable)  # not aliased with the donated state
     return state, frozen, trainable0
+
+
+def with_stable_step(state: TrainState, frozen, setup: Setup, fraction: float) -> TrainState:
+    """Each seed's learning rate set to ``fraction x 2 / its sharpness`` at initialisation (on
+    the first batch): a step size at the same fraction of every seed's stability limit."""
+    loss_fn = make_loss(setup.model, setup.ds.info["task"])
+    top = hooks.per_seed_sharpness(loss_fn, num_iters=50, largest="algebraic")
+    sharpness = top(state.trainable, frozen, setup.first_batch)
+    learning_rate = setup.config.train.learning_rate
+    scale = stable_step_scale(sharpness, fraction, learning_rate)
+    logging.info(
+        "stable_step_fraction=%g: sharpness at init %s -> learning rates %s",
+        fraction,
+        [f"{v:.4g}" for v in gather(sharpness)],
+        [f"{v:.4g}" for v in gather(scale) * learning_rate],
+    )
+    return state.replace(opt_state=set_step_scale(state.opt_state, scale))
+
+
+def learning_rates(state: TrainState, config) -> list[float] | None:
+    """Each seed's learning rate where ``stable_step_fraction`` set them, else None."""
+    if config.train.stable_step_fraction <= 0:
+        return None
+    return (gather(step_scale(state.opt_state)) * config.train.learning_rate).tolist()
 
 
 def builtin_metrics(setup: Setup) -> tuple[hooks.Metric, ...]:
@@ -390,6 +421,7 @@ def finish(run: Run, interrupted: bool, compile_seconds: float, wall: float, wri
     if evaluation and not run.writer.has_eval(final_step):
         run.writer.write_eval(final_step, evaluation)
     initial = init_params(setup.model, tuple(config.seeds), setup.example)
+    rates = learning_rates(run.state, config)
     summary = logs.summarize(
         outcome,
         tuple(config.seeds),
@@ -401,6 +433,7 @@ def finish(run: Run, interrupted: bool, compile_seconds: float, wall: float, wri
         evaluation=evaluation,
         num_steps=config.train.num_steps,
         max_frozen_change=max_frozen_change(run.frozen, initial, setup.mask),
+        learning_rates=rates,
         mesh=dict(setup.mesh.shape),
         wall_seconds=wall,
         compile_seconds=compile_seconds,
@@ -410,7 +443,7 @@ def finish(run: Run, interrupted: bool, compile_seconds: float, wall: float, wri
     if writes:
         text = json.dumps(summary, indent=2, allow_nan=False) + "\n"
         (run.workdir / "summary.json").write_text(text)
-        logs.plot_curves(run.workdir, learning_rate=config.train.learning_rate)
+        logs.plot_curves(run.workdir, learning_rate=rates or config.train.learning_rate)
     if summary["status"] == "diverged":
         print(f"run diverged; see {run.workdir / 'summary.json'}", file=sys.stderr)
     return summary

@@ -314,6 +314,8 @@ def check_train(t) -> None:
             _real(f"train.{name}", t[name], low=0.0)
     if t.get("grad_clip_norm") is not None:
         _real("train.grad_clip_norm", t.grad_clip_norm, low=0.0, open_low=True)
+    if "stable_step_fraction" in t:
+        _real("train.stable_step_fraction", t.stable_step_fraction, low=0.0)
     if t.get("init_from") is not None:
         check_init_from(t.init_from)
 

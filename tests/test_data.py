@@ -324,6 +324,37 @@ def test_teacher_targets():
         data.get_dataset(c)
 
 
+def test_the_runners_teacher_follows_the_model_kernel_unless_set():
+    """qk_frozen's targets come from a teacher of the trained model's own form: kernel and
+    bandwidth follow ``model`` (a Gaussian student gets a Gaussian teacher) until set."""
+    import jax
+
+    from attn_dynamics import models
+    from configs import qk_frozen
+    from experiments import build
+
+    def targets_of(config):
+        return data.get_dataset(build.data_config(config)).arrays
+
+    def teacher(x, **kw):
+        model = models.TheoryModel(64, 4, **kw)
+        key = jax.random.fold_in(jax.random.key(0), synthetic.TEACHER_STREAM)
+        return model.apply(model.init(key, x[:1]), x)
+
+    c = qk_frozen.get_config()
+    c.model.kernel, c.model.sigma2 = "gaussian", 3.0
+    x, y = targets_of(c)
+    gaussian = teacher(x, kernel="gaussian", kernel_options={"sigma2": 3.0})
+    np.testing.assert_allclose(y, gaussian, rtol=1e-5, atol=1e-6)
+    c.data.teacher_kernel = "softmax"  # set: the model keeps its kernel
+    assert c.model.kernel == "gaussian" and c.data.teacher_kernel == "softmax"
+    np.testing.assert_allclose(targets_of(c)[1], teacher(x, kernel="softmax"), rtol=1e-5, atol=1e-6)
+    c.model.sigma2 = None  # the teacher's bandwidth follows too
+    c.data.teacher_kernel = None
+    np.testing.assert_allclose(targets_of(c)[1], teacher(x, kernel="gaussian"), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(gaussian, teacher(x, kernel="gaussian"))
+
+
 def test_iterators_close_and_reraise():
     with data.get_dataset(make_config("order_lookback")) as ds:
         it = ds.train_iter(3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -81,3 +82,50 @@ def test_non_finite_metrics_are_null_and_named():
     record = json.loads(line)
     assert record["loss"] is None and record["loss/seeds"] == [1.0, None]
     assert record["nonfinite"] == ["loss", "loss/seeds"]
+
+
+# --------------------------------------------------------------------------------------------
+# Stability-aware step size
+
+
+def phi_float64(params: dict, x: np.ndarray) -> np.ndarray:
+    """``Phi = [A_1 X_1; ...; A_n X_n]`` of the softmax theory model, in float64 NumPy."""
+    wq, wk = (np.asarray(params["attention"][k]["kernel"], np.float64) for k in ("query", "key"))
+    wq, wk = wq.reshape(wq.shape[0], -1), wk.reshape(wk.shape[0], -1)
+    scores = (x @ wq) @ np.swapaxes(x @ wk, -1, -2) / np.sqrt(wq.shape[1])
+    a = np.exp(scores - scores.max(-1, keepdims=True))
+    a /= a.sum(-1, keepdims=True)
+    return (a @ x).reshape(-1, x.shape[-1])
+
+
+def test_stable_step_gives_each_seed_fraction_of_two_over_its_sharpness(tmp_path, rng):
+    """V only: the loss ``1/(2n) sum ||Phi_i W_V - Y_i||^2`` is quadratic with top Hessian
+    eigenvalue ``sigma_max(Phi)^2 / n`` (closed form, float64), on a fresh data draw. The
+    run set each seed's rate to ``c x 2 / that``, and trains as a plain run at that rate."""
+    from configs import qk_frozen
+    from experiments import build, train
+
+    c = qk_frozen.get_config()
+    c.seeds, c.data.seed = (3, 11), int(rng.integers(2**31))
+    c.train.num_steps, c.train.log_every, c.train.checkpoint_every = 6, 3, 100
+    c.train.progress_bar, c.train.stable_step_fraction = False, 0.8
+    summary = train.train_and_evaluate(c, str(tmp_path / "stable"))
+
+    setup = train.prepare(c)
+    params = train.init_params(setup.model, c.seeds, setup.example)
+    x = np.asarray(setup.ds.arrays[0], np.float64)
+    n = x.shape[0]
+    for i, record in enumerate(summary["seeds"]):
+        phi = phi_float64(jax.tree.map(lambda leaf: np.asarray(leaf[i]), params), x)
+        top = np.linalg.svd(phi, compute_uv=False)[0] ** 2 / n
+        np.testing.assert_allclose(record["learning_rate"], 0.8 * 2 / top, rtol=1e-4)
+
+    plain = c.copy_and_resolve_references()
+    plain.seeds, plain.train.stable_step_fraction = (11,), 0.0
+    plain.train.learning_rate = summary["seeds"][1]["learning_rate"]
+    again = train.train_and_evaluate(plain, str(tmp_path / "plain"))
+    np.testing.assert_allclose(
+        again["seeds"][0]["final_loss"], summary["seeds"][1]["final_loss"], rtol=1e-5
+    )
+    assert build.stable_step_scale(jnp.asarray([0.0, np.nan]), 0.5, 0.1).tolist() == [1.0, 1.0]
+

@@ -8,9 +8,11 @@ One tiny theory grid (2 kernels x 2 data draws, a few steps) is trained once in 
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import io
 import json
+import multiprocessing
 import os
 import pathlib
 import shutil
@@ -187,19 +189,35 @@ def test_distinct_values_never_share_a_directory(rng):
 # Devices per worker
 
 
-def test_workers_get_disjoint_gpus_or_a_share_of_the_cores(monkeypatch):
+def test_workers_get_disjoint_gpus_or_disjoint_cores(monkeypatch):
     envs = grid.worker_environments(2, gpus=["0", "1", "2", "3", "4"])
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0,1", "2,3"]
     shared = grid.worker_environments(3, gpus=["0", "1"])
     assert [e["CUDA_VISIBLE_DEVICES"] for e in shared] == ["0", "1", "0"]
     assert all(e["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false" for e in shared)
-    monkeypatch.setattr(grid, "cpu_count", lambda: 8)
+    monkeypatch.setattr(grid.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7, 9})
     envs = grid.worker_environments(4, gpus=[])
-    assert [e["OMP_NUM_THREADS"] for e in envs] == ["2"] * 4
+    assert [e[grid.CPUS_VARIABLE] for e in envs] == ["0,1", "2,3", "4,5,6", "7,9"]
+    assert [e["OMP_NUM_THREADS"] for e in envs] == ["2", "2", "3", "2"]
     assert all("xla_cpu_multi_thread_eigen=false" not in e["XLA_FLAGS"] for e in envs)
-    single = grid.worker_environments(8, gpus=[])
+    single = grid.worker_environments(10, gpus=[])
+    assert [e[grid.CPUS_VARIABLE] for e in single][-2:] == ["9", "0"]  # round robin
     assert all("--xla_cpu_multi_thread_eigen=false" in e["XLA_FLAGS"] for e in single)
     assert all(e["OMP_NUM_THREADS"] == "1" for e in single)
+
+
+def test_a_worker_runs_on_its_own_cores():
+    """The pinning happens in the worker process, before JAX starts (spawned, as the pool)."""
+    cores = sorted(os.sched_getaffinity(0))
+    env = grid.worker_environments(len(cores), gpus=[])[-1]
+    context = multiprocessing.get_context("spawn")
+    pool = concurrent.futures.ProcessPoolExecutor(
+        1, mp_context=context, initializer=grid.apply_environment, initargs=(env,)
+    )
+    with pool:
+        affinity = pool.submit(os.sched_getaffinity, 0).result()
+        threads = pool.submit(os.getenv, "OMP_NUM_THREADS").result()
+    assert (affinity, threads) == ({cores[-1]}, "1")
 
 
 def test_slurm_flags_become_the_sbatch_header(tmp_path, monkeypatch):

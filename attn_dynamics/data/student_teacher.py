@@ -96,6 +96,7 @@ def _synthetic_view(config) -> ml_collections.ConfigDict:
     for field in ("num_samples", "seq_len", "dim", "out_dim", "input_scale", "seed", "batch_size"):
         view[field] = config[field]
     view.teacher_kernel = config.teacher_kernel
+    view.teacher_sigma2 = config.teacher_sigma2
     return view
 
 

@@ -2,7 +2,9 @@
 
 ``X ~ N(0, input_scale^2)`` iid, shape ``[n, N, d]``. Targets are iid ``N(0, 1)``
 (``targets='random'``) or the output of a random one-layer attention teacher with kernel
-``teacher_kernel`` (``targets='teacher'``): the theory model ``T(X) = A(X W_Q, X W_K) X W_V``
+``teacher_kernel`` and bandwidth ``teacher_sigma2`` (``targets='teacher'``; in the runner's
+configs both follow the model's kernel unless set, so the targets are realisable by the model
+being trained): the theory model ``T(X) = A(X W_Q, X W_K) X W_V``
 with LeCun-normal weights, built here from :class:`attn_dynamics.attention.MultiHeadAttention`
 under the parameter path of :class:`attn_dynamics.models.TheoryModel`, so it draws the same
 weights as that model would from the same key. No files.
@@ -27,8 +29,8 @@ X_STREAM, Y_STREAM, TEACHER_STREAM = 10, 11, 12
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """The fields of ``experiments.defaults.synthetic_regression_config`` (there ``dim`` and
-    ``out_dim`` are references to the model's)."""
+    """The fields of ``experiments.defaults.synthetic_regression_config`` (there ``dim``,
+    ``out_dim``, ``teacher_kernel`` and ``teacher_sigma2`` are references to the model's)."""
     d = ml_collections.ConfigDict()
     d.name = "synthetic_regression"
     d.num_samples = 8  # n
@@ -37,6 +39,7 @@ def default_config() -> ml_collections.ConfigDict:
     d.out_dim = 1
     d.targets = "random"  # 'random' | 'teacher'
     d.teacher_kernel = "softmax"
+    d.teacher_sigma2 = ml_collections.config_dict.placeholder(float)  # None: the kernel's default
     d.input_scale = 1.0
     d.batch_size = 0  # 0: full batch (gradient descent)
     d.seed = 0
@@ -52,14 +55,24 @@ def make_data(config) -> tuple[np.ndarray, np.ndarray]:
     if config.targets == "random":
         y = np.random.default_rng([seed, Y_STREAM]).standard_normal((n, seq, out))
         return x, y.astype(np.float32)
-    return x, teacher_targets(x, out, config.teacher_kernel, seed)
+    return x, teacher_targets(x, out, config.teacher_kernel, seed, teacher_options(config))
 
 
-def teacher_targets(x: np.ndarray, out_dim: int, kernel: str, seed: int) -> np.ndarray:
+def teacher_options(config) -> dict[str, float]:
+    """The teacher kernel's options: its bandwidth when set (older configs lack the field)."""
+    sigma2 = config.get("teacher_sigma2")
+    return {} if sigma2 is None else {"sigma2": float(sigma2)}
+
+
+def teacher_targets(
+    x: np.ndarray, out_dim: int, kernel: str, seed: int, kernel_options=None
+) -> np.ndarray:
     """``T(X)`` float32 of a random teacher :func:`theory_teacher` drawn from ``seed``."""
     import jax
 
-    teacher = theory_teacher(dim=x.shape[-1], out_dim=out_dim, kernel=kernel)
+    teacher = theory_teacher(
+        dim=x.shape[-1], out_dim=out_dim, kernel=kernel, kernel_options=kernel_options
+    )
     params = teacher.init(jax.random.fold_in(jax.random.key(seed), TEACHER_STREAM), x[:1])
     return np.asarray(jax.jit(teacher.apply)(params, x), np.float32)
 
@@ -119,7 +132,8 @@ class SyntheticRegression(base.Dataset):
 
     def __init__(self, config, mesh=None):
         super().__init__(config, mesh)
-        base.check_fields(config, list(default_config()), self.name)
+        optional = {"teacher_sigma2"}  # run directories written before it existed resume
+        base.check_fields(config, [f for f in default_config() if f not in optional], self.name)
         if config.targets not in TARGETS:
             raise ValueError(f"unknown targets {config.targets!r}; valid: {list(TARGETS)}")
         if config.targets == "teacher":
