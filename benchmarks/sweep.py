@@ -1,13 +1,14 @@
 """Sweep throughput: a 4-cell theory grid with ``--parallel=2`` against the serial sweep.
 
     python benchmarks/sweep.py --repeats=3      # prints the "sweep (cpu)" section of RESULTS.md
+    python benchmarks/sweep.py --steps=300      # short cells: start-up and compiles dominate
 
 The grid is ``configs/qk_frozen.py`` (W_V trained by full-batch GD), model.kernel x
 train.trainable = 2 x 2 cells, ``--steps`` steps each. Every repeat runs both programs,
 ``python -m experiments.sweep ...`` in a fresh process into a fresh root, in alternating order
 (the machine is shared: interleaving exposes both to the same load). Reported: median wall time
 of each, the ratio of the medians and the per-repeat ratios (target <= 0.75), CPU time (user +
-system of the sweep and its workers), the load average around each run, and whether every
+system of the sweep and every process below it, sampled from /proc), the load average around each run, and whether every
 cell's summary.json figures (all but timings and the environment) are the same in both.
 """
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import resource
 import subprocess
 import sys
 import tempfile
@@ -45,15 +45,45 @@ def sweep(root: pathlib.Path, parallel: int, steps: int) -> dict:
         *AXES,
     ]
     load_before = os.getloadavg()[0]
-    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    cpu: dict[int, float] = {}  # pid -> its latest own user + system seconds
+    while process.poll() is None:
+        cpu.update(tree_cpu_seconds(process.pid))
+        time.sleep(0.1)
     wall = time.perf_counter() - start
-    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if out.returncode != 0:
-        raise SystemExit(f"sweep --parallel={parallel} failed:\n{out.stderr[-3000:]}")
-    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
-    return {"wall": wall, "cpu": cpu, "load": (load_before, os.getloadavg()[0])}
+    _, stderr = process.communicate()
+    if process.returncode != 0:
+        raise SystemExit(f"sweep --parallel={parallel} failed:\n{stderr.decode()[-3000:]}")
+    return {"wall": wall, "cpu": sum(cpu.values()), "load": (load_before, os.getloadavg()[0])}
+
+
+def tree_cpu_seconds(root: int) -> dict[int, float]:
+    """Own user + system CPU seconds of ``root`` and every process below it, from /proc.
+
+    Sampled, not taken from ``getrusage``: workers forked by a fork server are not children of
+    the sweep, so their time never reaches its rusage. Each process's own time only (not its
+    reaped children's), so nothing counts twice; what a process spends in its last sampling
+    interval (0.1 s) is missed, alike in both modes."""
+    parents, seconds = {}, {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = pathlib.Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        parents[int(entry)] = int(fields[1])
+        seconds[int(entry)] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    tree, frontier = {root}, [root]
+    while frontier:
+        pid = frontier.pop()
+        children = [p for p, parent in parents.items() if parent == pid and p not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    return {pid: seconds[pid] for pid in tree if pid in seconds}
 
 
 def figures(root: pathlib.Path) -> dict:
@@ -70,7 +100,7 @@ def figures(root: pathlib.Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=3000, help="qk_frozen.py's own length")
     a = parser.parse_args()
 
     runs: dict[int, list[dict]] = {1: [], 2: []}

@@ -166,6 +166,22 @@ def _is_nonfinite(v) -> bool:
     return isinstance(v, float) and not np.isfinite(v)
 
 
+def summary_writer_class():
+    """tensorboardX's ``SummaryWriter``, imported without PyTorch: tensorboardX imports torch at
+    module level only to recognise torch tensors (2.4 s of every run and sweep worker where
+    torch is installed); it is given floats here."""
+    if sys.modules.get("torch") is not None:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError while tensorboardX loads
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricWriter:
     """metrics.jsonl (one object per logged step) and TensorBoard events (no TensorFlow).
 
@@ -179,9 +195,7 @@ class MetricWriter:
         self.seeds = list(seeds)
         self.kept = _truncate(self.path, start)
         self.file = self.path.open("a")
-        from tensorboardX import SummaryWriter
-
-        self.tb = SummaryWriter(str(workdir / "tensorboard"), flush_secs=30)
+        self.tb = summary_writer_class()(str(workdir / "tensorboard"), flush_secs=30)
 
     def has_eval(self, step: int) -> bool:
         return any(r.get("eval") and r["step"] == step for r in self.kept)

@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -317,6 +318,28 @@ def test_process_pool_gives_the_serial_results(serial, tmp_path):
     assert figures(tmp_path) == {name: reference[name] for name in figures(tmp_path)}
     text = lines.getvalue().splitlines()
     assert len(text) == 2 and text[-1].startswith("[2/2]") and "ETA" in text[0]
+
+
+def test_a_stopped_process_pool_starts_no_queued_cell(tmp_path):
+    """SIGTERM while the one worker trains the first cell (the pool has already handed it the
+    second): the first checkpoints and stops, the others never start, and the grid returns."""
+    config = tiny_config()
+    config.train.num_steps, config.train.log_every = 10**7, 100
+    axes = {"data.seed": (1, 2, 3)}
+    first = tmp_path / grid.cell_name({"data.seed": 1}) / "metrics.jsonl"
+
+    def stop_once_training():
+        deadline = time.monotonic() + 120
+        while not first.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_once_training, daemon=True).start()
+    start = time.monotonic()
+    results = grid.run_grid(config, axes, tmp_path, executor=grid.ProcessPool(1), progress=False)
+    assert [r.status for r in results] == ["interrupted", "not run", "not run"]
+    assert time.monotonic() - start < 120
+    assert not (tmp_path / grid.cell_name({"data.seed": 2})).exists()
 
 
 def _wait_for_summaries(root: pathlib.Path, count: int, process, timeout: float) -> None:

@@ -84,7 +84,7 @@ def make_data(config) -> tuple[np.ndarray, np.ndarray]:
         v_init_scale=float(config.v_init_scale),
     )
     key = jax.random.fold_in(jax.random.key(seed), STUDENT_INIT_STREAM)
-    params = teacher.init(key, x[:1])["params"]  # the student's init: same shapes, same key
+    params = jax.jit(teacher.init)(key, x[:1])["params"]  # the student's init: same key
     attention = dict(params["attention"], query={"kernel": teacher_query(config)})
     y = jax.jit(teacher.apply)({"params": {**params, "attention": attention}}, x)
     return x, np.asarray(y, np.float32)

@@ -73,8 +73,9 @@ def teacher_targets(
     teacher = theory_teacher(
         dim=x.shape[-1], out_dim=out_dim, kernel=kernel, kernel_options=kernel_options
     )
-    params = teacher.init(jax.random.fold_in(jax.random.key(seed), TEACHER_STREAM), x[:1])
-    return np.asarray(jax.jit(teacher.apply)(params, x), np.float32)
+    draw = lambda key, x: teacher.apply(teacher.init(key, x[:1]), x)  # jitted: eager init is slow
+    key = jax.random.fold_in(jax.random.key(seed), TEACHER_STREAM)
+    return np.asarray(jax.jit(draw)(key, x), np.float32)
 
 
 def theory_teacher(
