@@ -8,8 +8,9 @@ train.trainable = 2 x 2 cells, ``--steps`` steps each. Every repeat runs both pr
 ``python -m experiments.sweep ...`` in a fresh process into a fresh root, in alternating order
 (the machine is shared: interleaving exposes both to the same load). Reported: median wall time
 of each, the ratio of the medians and the per-repeat ratios (target <= 0.75), CPU time (user +
-system of the sweep and every process below it, sampled from /proc), the load average around each run, and whether every
-cell's summary.json figures (all but timings and the environment) are the same in both.
+system of the sweep and every process below it, sampled from /proc), the load average around
+each run, and whether every cell's summary.json figures (all but timings and the environment)
+are the same in both.
 """
 
 from __future__ import annotations

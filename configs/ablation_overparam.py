@@ -1,8 +1,9 @@
 """Ablation: over-parameterisation, embedding dimension d relative to n*N (finding 4).
 
 The theory model of ``qk_frozen.py`` (n = 4 samples of N = 4 tokens, nN = 16, out_dim 4,
-targets from a random softmax teacher for both kernels, as in ``ablation_kernel_subsets.py``), with d in {8, 16, 32, 64, 128}, i.e.
-d / (nN) in {0.5, 1, 2, 4, 8}, for V-only and QKV training, both kernels, 16 seeds per cell.
+targets from a random softmax teacher for both kernels, as in ``ablation_kernel_subsets.py``),
+with d in {8, 16, 32, 64, 128}, i.e. d / (nN) in {0.5, 1, 2, 4, 8}, for V-only and QKV
+training, both kernels, 16 seeds per cell.
 With d < nN the attention-output matrix Phi ([nN, d]) cannot have full row rank, so V-only GD
 cannot fit generic targets.
 

@@ -93,6 +93,10 @@ BAD_INPUTS = {  # case: (arguments, words the error line must contain)
     "learning rate negative": ([MAIN, "--config.train.learning_rate=-1"], ["learning_rate", "-1"]),
     "dropout 1.5": ([MAIN, "--config.model.dropout_rate=1.5"], ["dropout_rate", "1.5", "[0, 1)"]),
     "negative warmup": ([MAIN, "--config.train.warmup_steps=-10"], ["warmup_steps", "-10"]),
+    "negative stable step": (
+        [MAIN, "--config.train.stable_step_fraction=-0.5"],
+        ["stable_step_fraction", "-0.5"],
+    ),
     "zero num_steps": ([MAIN, "--config.train.num_steps=0"], ["num_steps", "0"]),
     "encoder heads": (
         [MAIN, *ENCODER, "--config.model.num_heads=5"],

@@ -351,7 +351,9 @@ def test_the_runners_teacher_follows_the_model_kernel_unless_set():
     np.testing.assert_allclose(targets_of(c)[1], teacher(x, kernel="softmax"), rtol=1e-5, atol=1e-6)
     c.model.sigma2 = None  # the teacher's bandwidth follows too
     c.data.teacher_kernel = None
-    np.testing.assert_allclose(targets_of(c)[1], teacher(x, kernel="gaussian"), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        targets_of(c)[1], teacher(x, kernel="gaussian"), rtol=1e-5, atol=1e-6
+    )
     assert not np.allclose(gaussian, teacher(x, kernel="gaussian"))
 
 

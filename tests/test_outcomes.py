@@ -116,7 +116,7 @@ def test_stable_step_gives_each_seed_fraction_of_two_over_its_sharpness(tmp_path
     x = np.asarray(setup.ds.arrays[0], np.float64)
     n = x.shape[0]
     for i, record in enumerate(summary["seeds"]):
-        phi = phi_float64(jax.tree.map(lambda leaf: np.asarray(leaf[i]), params), x)
+        phi = phi_float64(jax.tree.map(lambda leaf, i=i: np.asarray(leaf[i]), params), x)
         top = np.linalg.svd(phi, compute_uv=False)[0] ** 2 / n
         np.testing.assert_allclose(record["learning_rate"], 0.8 * 2 / top, rtol=1e-4)
 
@@ -128,4 +128,3 @@ def test_stable_step_gives_each_seed_fraction_of_two_over_its_sharpness(tmp_path
         again["seeds"][0]["final_loss"], summary["seeds"][1]["final_loss"], rtol=1e-5
     )
     assert build.stable_step_scale(jnp.asarray([0.0, np.nan]), 0.5, 0.1).tolist() == [1.0, 1.0]
-
