@@ -23,17 +23,6 @@ PyTree = Any
 INIT_STREAM, DROPOUT_STREAM = streams.INIT, streams.DROPOUT
 
 
-def data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """``config.data`` as the data layer takes it: a teacher field left unset (None) takes the
-    model's value, so the targets come from a model of the trained model's own form."""
-    d = config.data.copy_and_resolve_references()
-    for field, model_field in (("teacher_kernel", "kernel"), ("teacher_sigma2", "sigma2")):
-        if field in d and d[field] is None:
-            with d.ignore_type():
-                d[field] = config.model.get(model_field)
-    return d
-
-
 def build_model(config: ml_collections.ConfigDict, info: dict):
     m = config.model
     kernel_options = {} if m.sigma2 is None else {"sigma2": m.sigma2}

@@ -93,10 +93,11 @@ def synthetic_regression_config(model: ml_collections.ConfigDict) -> ml_collecti
     d.dim = model.get_ref("dim")
     d.out_dim = model.get_ref("out_dim")
     d.targets = "random"  # 'random' | 'teacher'
-    # None: the model's (a teacher of the trained model's own form); resolved by
-    # experiments.build.data_config, not a reference, so that setting it leaves the model alone
-    d.teacher_kernel = config_dict.placeholder(str)
-    d.teacher_sigma2 = config_dict.placeholder(float)
+    # the model's kernel and bandwidth until set: a teacher of the trained model's own form.
+    # Derived references (.identity()): setting one cuts the link and leaves the model alone,
+    # where a plain get_ref would write the new value through to model.kernel.
+    d.teacher_kernel = model.get_ref("kernel").identity()
+    d.teacher_sigma2 = model.get_ref("sigma2").identity()
     d.input_scale = 1.0
     d.batch_size = 0  # 0: full batch (gradient descent)
     d.seed = 0

@@ -36,9 +36,9 @@ def problem(run_config, loss_batches: int = 1):
     parameters.
     """
     from attn_dynamics import data, freezing
-    from experiments import build, train
+    from experiments import train
 
-    ds = data.get_dataset(build.data_config(run_config), mesh=None)
+    ds = data.get_dataset(run_config.data, mesh=None)
     model = train.build_model(run_config, ds.info)
     batches = [ds.train_batch(i) for i in range(loss_batches)]
     example = train.example_inputs(model, batches[0])

@@ -40,7 +40,6 @@ from experiments.build import (  # noqa: F401 -- the runner's public building bl
     INIT_STREAM,
     build_model,
     build_optimizer,
-    data_config,
     example_inputs,
     init_params,
     position_options,
@@ -143,8 +142,7 @@ def prepare(config: ml_collections.ConfigDict) -> Setup:
     validate(config)
     seeds = tuple(config.seeds)
     try:
-        dataset_config = data_config(config)
-        probe = data.get_dataset(dataset_config, mesh=None)  # batch sizes decide the mesh
+        probe = data.get_dataset(config.data, mesh=None)  # batch sizes decide the mesh
         shape = sharding.mesh_shape(
             jax.device_count(),
             len(seeds),
@@ -154,7 +152,7 @@ def prepare(config: ml_collections.ConfigDict) -> Setup:
         )
         _close(probe)
         mesh = sharding.make_mesh(shape)
-        ds = data.get_dataset(dataset_config, mesh=mesh)
+        ds = data.get_dataset(config.data, mesh=mesh)
     except data.DatasetNotPrepared:
         raise
     except ValueError as e:

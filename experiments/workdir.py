@@ -19,6 +19,9 @@ from experiments.rundirs import flatten
 
 # Fields that may differ when an existing workdir is resumed (they do not change the run).
 RESUMABLE_CHANGES = ("train.num_steps", "train.progress_bar", "train.stop_at_threshold")
+# Fields added since runs were first written, with the value that behaves as before they
+# existed: a run directory whose config.json lacks one resumes when the field has that value.
+ADDED_FIELDS = {"data.teacher_sigma2": None, "train.stable_step_fraction": 0.0}
 
 
 class WorkdirError(ValueError):
@@ -71,6 +74,7 @@ def check_same_config(workdir: pathlib.Path, config_json: dict) -> None:
             "that file and rerun to resume, else use a fresh --workdir"
         ) from None
     before, now = flatten(before), flatten(config_json)
+    before = {**{k: v for k, v in ADDED_FIELDS.items() if k in now}, **before}
     changed = sorted(
         k
         for k in set(before) | set(now)

@@ -331,10 +331,9 @@ def test_the_runners_teacher_follows_the_model_kernel_unless_set():
 
     from attn_dynamics import models
     from configs import qk_frozen
-    from experiments import build
 
     def targets_of(config):
-        return data.get_dataset(build.data_config(config)).arrays
+        return data.get_dataset(config.data).arrays
 
     def teacher(x, **kw):
         model = models.TheoryModel(64, 4, **kw)
@@ -349,8 +348,8 @@ def test_the_runners_teacher_follows_the_model_kernel_unless_set():
     c.data.teacher_kernel = "softmax"  # set: the model keeps its kernel
     assert c.model.kernel == "gaussian" and c.data.teacher_kernel == "softmax"
     np.testing.assert_allclose(targets_of(c)[1], teacher(x, kernel="softmax"), rtol=1e-5, atol=1e-6)
-    c.model.sigma2 = None  # the teacher's bandwidth follows too
-    c.data.teacher_kernel = None
+    c = qk_frozen.get_config()  # the model's default bandwidth: the teacher's too
+    c.model.kernel = "gaussian"
     np.testing.assert_allclose(
         targets_of(c)[1], teacher(x, kernel="gaussian"), rtol=1e-5, atol=1e-6
     )

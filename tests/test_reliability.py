@@ -268,3 +268,22 @@ def test_sigterm_before_a_due_evaluation_still_writes_it(tmp_path):
     reference = train.train_and_evaluate(config, tmp_path / "b")
     assert rows(tmp_path / "a") == rows(tmp_path / "b")
     assert resumed["seeds"] == reference["seeds"]
+
+
+def test_a_run_written_before_a_field_existed_still_resumes(tmp_path):
+    """config.json of an older run lacks the fields added since; at the values that behave as
+    before, the run is still this config's; any other value, or another field, is not."""
+    from configs import qk_frozen
+    from experiments import workdir
+
+    now = json.loads(qk_frozen.get_config().to_json())
+    old = json.loads(json.dumps(now))
+    del old["data"]["teacher_sigma2"], old["train"]["stable_step_fraction"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    workdir.check_same_config(tmp_path, now)
+    now["train"]["stable_step_fraction"] = 0.5
+    with pytest.raises(workdir.WorkdirError, match="stable_step_fraction"):
+        workdir.check_same_config(tmp_path, now)
+    now["train"]["stable_step_fraction"], now["data"]["teacher_kernel"] = 0.0, "gaussian"
+    with pytest.raises(workdir.WorkdirError, match="teacher_kernel"):
+        workdir.check_same_config(tmp_path, now)
