@@ -6,6 +6,7 @@ landscape and the notebooks.
 
 from __future__ import annotations
 
+import logging
 import pathlib
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +17,8 @@ import ml_collections
 import optax
 
 from attn_dynamics import models, streams
-from experiments import checkpointing, optim
+from experiments import checkpointing, hooks, optim
+from experiments.distributed import gather
 from experiments.validation import ConfigError
 
 PyTree = Any
@@ -105,6 +107,28 @@ def stable_step_scale(sharpness: jax.Array, fraction: float, learning_rate: floa
     usable = jnp.isfinite(sharpness) & (sharpness > 0)
     safe = jnp.where(usable, sharpness, 1.0)
     return jnp.where(usable, fraction * 2.0 / (safe * learning_rate), 1.0).astype(jnp.float32)
+
+
+def with_stable_step(state, frozen, loss_fn, batch, fraction: float, learning_rate: float):
+    """``state`` with each seed's learning rate ``fraction x 2 / its sharpness`` on ``batch``
+    (at initialisation: the same fraction of every seed's stability limit)."""
+    top = hooks.per_seed_sharpness(loss_fn, num_iters=50, largest="algebraic")
+    sharpness = top(state.trainable, frozen, batch)
+    scale = stable_step_scale(sharpness, fraction, learning_rate)
+    logging.info(
+        "stable_step_fraction=%g: sharpness at init %s -> learning rates %s",
+        fraction,
+        [f"{v:.4g}" for v in gather(sharpness)],
+        [f"{v:.4g}" for v in gather(scale) * learning_rate],
+    )
+    return state.replace(opt_state=set_step_scale(state.opt_state, scale))
+
+
+def learning_rates(state, config) -> list[float] | None:
+    """Each seed's learning rate where ``stable_step_fraction`` set them, else None."""
+    if config.train.stable_step_fraction <= 0:
+        return None
+    return (gather(step_scale(state.opt_state)) * config.train.learning_rate).tolist()
 
 
 def trainable_spec(t: ml_collections.ConfigDict):

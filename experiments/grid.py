@@ -706,7 +706,9 @@ def run_grid(
         if not executor.progress_bar:  # several cells at once: their bars would interleave
             cell_config = copy.deepcopy(cell_config)
             cell_config.train.progress_bar = False
-        tasks.append(Task(i, cell_name(cell), cell_config, str(path)))
+        # resolved: derived config references hold lambdas, which a worker cannot unpickle
+        resolved = cell_config.copy_and_resolve_references()
+        tasks.append(Task(i, cell_name(cell), resolved, str(path)))
 
     report = Progress(len(grid), len(grid) - len(tasks)) if progress is True else progress
     skipped = len(grid) - len(tasks)

@@ -10,6 +10,10 @@ A run is three parts:
   vmapped), then the hooks that are due (:mod:`experiments.hooks`): log, evaluate, checkpoint,
   stop, and the caller's own.
 
+Longer than this package's ~400-line mark because the three parts share two records
+(:class:`Setup`, :class:`Run`) and their ordering rules (rows before checkpoints, the lock
+before any write); the pieces without that coupling live in ``build``, ``steps`` and ``hooks``.
+
 A seed whose loss or update is not finite is *diverged*: its parameters stay at the last finite
 values (so no checkpoint ever holds a NaN) and it is reported; the run stops once every seed has
 diverged, with ``status: diverged``.
@@ -42,15 +46,14 @@ from experiments.build import (  # noqa: F401 -- the runner's public building bl
     build_optimizer,
     example_inputs,
     init_params,
+    learning_rates,
     position_options,
     position_refresher,
     seed_keys,
-    set_step_scale,
     solve_every,
-    stable_step_scale,
-    step_scale,
     trainable_spec,
     warm_start,
+    with_stable_step,
 )
 from experiments.distributed import gather
 from experiments.hooks import StopOnSignal
@@ -308,34 +311,14 @@ def initial_state(setup: Setup) -> tuple[TrainState, PyTree, PyTree]:
     host_params = jax.device_get(params)
     layout = sharding.seed_sharded(setup.mesh, jax.eval_shape(build, host_params), len(seeds))
     state, frozen = jax.jit(build, out_shardings=layout)(host_params)
-    if config.train.stable_step_fraction > 0:
-        state = with_stable_step(state, frozen, setup, config.train.stable_step_fraction)
+    fraction = config.train.stable_step_fraction
+    if fraction > 0:
+        loss_fn = make_loss(model, setup.ds.info["task"])
+        state = with_stable_step(
+            state, frozen, loss_fn, setup.first_batch, fraction, config.train.learning_rate
+        )
     trainable0 = jax.tree.map(jnp.copy, state.trainable)  # not aliased with the donated state
     return state, frozen, trainable0
-
-
-def with_stable_step(state: TrainState, frozen, setup: Setup, fraction: float) -> TrainState:
-    """Each seed's learning rate set to ``fraction x 2 / its sharpness`` at initialisation (on
-    the first batch): a step size at the same fraction of every seed's stability limit."""
-    loss_fn = make_loss(setup.model, setup.ds.info["task"])
-    top = hooks.per_seed_sharpness(loss_fn, num_iters=50, largest="algebraic")
-    sharpness = top(state.trainable, frozen, setup.first_batch)
-    learning_rate = setup.config.train.learning_rate
-    scale = stable_step_scale(sharpness, fraction, learning_rate)
-    logging.info(
-        "stable_step_fraction=%g: sharpness at init %s -> learning rates %s",
-        fraction,
-        [f"{v:.4g}" for v in gather(sharpness)],
-        [f"{v:.4g}" for v in gather(scale) * learning_rate],
-    )
-    return state.replace(opt_state=set_step_scale(state.opt_state, scale))
-
-
-def learning_rates(state: TrainState, config) -> list[float] | None:
-    """Each seed's learning rate where ``stable_step_fraction`` set them, else None."""
-    if config.train.stable_step_fraction <= 0:
-        return None
-    return (gather(step_scale(state.opt_state)) * config.train.learning_rate).tolist()
 
 
 def builtin_metrics(setup: Setup) -> tuple[hooks.Metric, ...]:

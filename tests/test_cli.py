@@ -234,8 +234,10 @@ def test_show_config_prints_every_field_with_value_and_comment(existing_workdir)
     )
     assert result.returncode == 0 and lines == [], result.stderr[-2000:]
     printed = dict(line.split(" = ", 1) for line in result.stdout.splitlines())
-    expected = flatten(importlib.import_module("configs.qk_frozen").get_config("smoke"))
-    expected["model.kernel"] = "gaussian"
+    config = importlib.import_module("configs.qk_frozen").get_config("smoke")
+    config.model.kernel = "gaussian"  # the data teacher's kernel follows it
+    expected = flatten(config)
+    assert expected["data.teacher_kernel"] == "gaussian"
     assert set(printed) == set(expected)
     for field, value in expected.items():
         assert printed[field].split("  # ")[0].rstrip() == repr(value), field
