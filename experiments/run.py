@@ -13,10 +13,12 @@ import ast
 import datetime
 import importlib.util
 import io
+import logging
 import os
 import pathlib
 import sys
 import textwrap
+import threading
 import tokenize
 
 from absl import flags
@@ -367,6 +369,16 @@ def describe_config(config, source: pathlib.Path | None = None) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def quiet_abandoned_writers() -> None:
+    """After a failed checkpoint write, orbax's abandoned writer tasks and threads report the
+    same error again when they are collected, possibly after our line (asyncio's "Task
+    exception was never retrieved", a closed event loop): the one line printed on failure is
+    what the user reads last. The process is about to exit."""
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
+    threading.excepthook = lambda args: None
+    sys.unraisablehook = lambda unraisable: None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
     if kind := help_requested(argv):
@@ -383,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     except train.data.DatasetNotPrepared as e:
         fail(str(e))
     except train.RunFailed as e:
+        quiet_abandoned_writers()
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(
