@@ -418,7 +418,7 @@ def cpu_environment(cores: list[int]) -> dict[str, str]:
 
 def apply_environment(env: dict[str, str]) -> None:
     """Enter a worker's environment: variables, and its cores as this process's affinity.
-    Must run before JAX is imported (it reads both once, at start-up)."""
+    Must run before JAX's backend starts (it reads both once, then)."""
     os.environ.update(env)
     cores = env.get(CPUS_VARIABLE)
     if cores and hasattr(os, "sched_setaffinity"):
@@ -441,7 +441,7 @@ _stopping = None  # in a pool worker: the parent's "stop" event
 
 
 def _init_worker(slots, stopping) -> None:
-    """Pool initializer: take a device slot, before anything imports JAX; own process group,
+    """Pool initializer: take a device slot, before JAX's backend starts; own process group,
     so that a Ctrl-C reaches the parent only (which stops the workers once, cleanly)."""
     global _stopping
     os.setpgrp()
@@ -703,12 +703,11 @@ def run_grid(
                 cell_name(cell), path, cell, summary["status"], summary, skipped=True
             )
             continue
+        # a copy without references: derived ones hold lambdas, which a worker cannot unpickle
+        cell_config = cell_config.copy_and_resolve_references()
         if not executor.progress_bar:  # several cells at once: their bars would interleave
-            cell_config = copy.deepcopy(cell_config)
             cell_config.train.progress_bar = False
-        # resolved: derived config references hold lambdas, which a worker cannot unpickle
-        resolved = cell_config.copy_and_resolve_references()
-        tasks.append(Task(i, cell_name(cell), resolved, str(path)))
+        tasks.append(Task(i, cell_name(cell), cell_config, str(path)))
 
     report = Progress(len(grid), len(grid) - len(tasks)) if progress is True else progress
     skipped = len(grid) - len(tasks)

@@ -235,6 +235,12 @@ def _run(setup: Setup, path: pathlib.Path, stop, user_hooks, user_metrics) -> di
     if restored is not None:
         state = jax.device_put(restored, sharding.seed_sharded(setup.mesh, restored, len(seeds)))
         logging.info("resumed from step %d", int(state.step))
+    elif config.train.stable_step_fraction > 0:  # a resumed state carries its rates
+        loss_fn = make_loss(model, ds.info["task"])
+        t = config.train
+        state = with_stable_step(
+            state, frozen, loss_fn, setup.first_batch, t.stable_step_fraction, t.learning_rate
+        )
     start = int(state.step)
     writer = logs.MetricWriter(path, seeds, start=start) if writes else logs.NullWriter()
     metrics = (*builtin_metrics(setup), *user_metrics)
@@ -311,12 +317,6 @@ def initial_state(setup: Setup) -> tuple[TrainState, PyTree, PyTree]:
     host_params = jax.device_get(params)
     layout = sharding.seed_sharded(setup.mesh, jax.eval_shape(build, host_params), len(seeds))
     state, frozen = jax.jit(build, out_shardings=layout)(host_params)
-    fraction = config.train.stable_step_fraction
-    if fraction > 0:
-        loss_fn = make_loss(model, setup.ds.info["task"])
-        state = with_stable_step(
-            state, frozen, loss_fn, setup.first_batch, fraction, config.train.learning_rate
-        )
     trainable0 = jax.tree.map(jnp.copy, state.trainable)  # not aliased with the donated state
     return state, frozen, trainable0
 

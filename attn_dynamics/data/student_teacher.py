@@ -74,7 +74,7 @@ def make_data(config) -> tuple[np.ndarray, np.ndarray]:
     n, seq, dim, out = (int(config[k]) for k in ("num_samples", "seq_len", "dim", "out_dim"))
     rng = np.random.default_rng([int(config.seed), synthetic.X_STREAM])
     x = (float(config.input_scale) * rng.standard_normal((n, seq, dim))).astype(np.float32)
-    options = {"sigma2": float(config.teacher_sigma2)} if config.teacher_sigma2 else {}
+    options = synthetic.teacher_options(config)
     teacher = synthetic.theory_teacher(  # the theory model's parameters, paths and init
         dim=dim,
         out_dim=out,
