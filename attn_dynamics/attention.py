@@ -222,6 +222,7 @@ class MultiHeadAttention(nn.Module):
     use_bias: bool = True
     qk_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
     v_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+    k_init: nn.initializers.Initializer | None = None  # W_K's own initialiser (None: qk_init)
     dtype: Any = None
 
     def setup(self):
@@ -232,7 +233,7 @@ class MultiHeadAttention(nn.Module):
             features, use_bias=self.use_bias, kernel_init=init, dtype=self.dtype
         )
         self.query = dense(self.qk_features, self.qk_init)
-        self.key = dense(self.qk_features, self.qk_init)
+        self.key = dense(self.qk_features, self.k_init or self.qk_init)
         self.value = dense(self._v_features, self.v_init)
         if self.out_features is not None:
             self.out = nn.Dense(self.out_features, use_bias=self.use_bias, dtype=self.dtype)

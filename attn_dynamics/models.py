@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from attn_dynamics import floater, position  # noqa: F401  (floater registers 'floater')
+from attn_dynamics import floater, position, streams  # noqa: F401  (floater registers it)
 from attn_dynamics.attention import Implementation, MultiHeadAttention
 
 Array = jax.Array
@@ -18,6 +18,20 @@ Array = jax.Array
 def scaled_normal(scale: float) -> nn.initializers.Initializer:
     """``N(0, scale^2 / fan_in)``: scale 1 is LeCun-normal; the theory varies it per matrix."""
     return nn.initializers.variance_scaling(scale**2, "fan_in", "normal")
+
+
+SHARED_INIT_CHOICES = ("", "Q", "K", "V", "QK", "QV", "KV", "QKV")  # TheoryModel.shared_init
+
+
+def shared_initializer(
+    init: nn.initializers.Initializer, seed: int, matrix: str
+) -> nn.initializers.Initializer:
+    """``init`` drawn from a key of ``(seed, matrix)`` alone, ignoring the key it is given: under
+    ``vmap`` over seeds every seed gets the same matrix (e.g. frozen W_K, W_V of one data draw
+    shared by many seeds that each draw their own W_Q)."""
+    key = jax.random.fold_in(jax.random.key(seed), streams.SHARED_INIT)
+    key = jax.random.fold_in(key, "QKV".index(matrix))
+    return lambda _, shape, dtype=jnp.float32: init(key, shape, dtype)
 
 
 class TheoryModel(nn.Module):
@@ -37,8 +51,20 @@ class TheoryModel(nn.Module):
     v_init_scale: float = 1.0
     implementation: Implementation = "auto"
     dtype: Any = None  # compute dtype (None: the inputs'); parameters stay float32
+    shared_init: str = ""  # letters of the matrices every seed shares (SHARED_INIT_CHOICES)
+    shared_init_seed: int = 0  # the key those shared matrices are drawn from
+
+    def _init(self, matrix: str, scale: float) -> nn.initializers.Initializer:
+        init = scaled_normal(scale)
+        if matrix in self.shared_init:
+            return shared_initializer(init, self.shared_init_seed, matrix)
+        return init
 
     def setup(self):
+        if self.shared_init not in SHARED_INIT_CHOICES:
+            raise ValueError(
+                f"unknown shared_init {self.shared_init!r}; valid: {list(SHARED_INIT_CHOICES)}"
+            )
         self.attention = MultiHeadAttention(
             num_heads=self.num_heads,
             qk_features=self.dim,
@@ -48,8 +74,9 @@ class TheoryModel(nn.Module):
             kernel_options=self.kernel_options,
             implementation=self.implementation,
             use_bias=False,
-            qk_init=scaled_normal(self.qk_init_scale),
-            v_init=scaled_normal(self.v_init_scale),
+            qk_init=self._init("Q", self.qk_init_scale),
+            k_init=self._init("K", self.qk_init_scale),
+            v_init=self._init("V", self.v_init_scale),
             dtype=self.dtype,
         )
 
@@ -72,14 +99,25 @@ def classification_loss(logits: Array, labels: Array) -> Array:
     return jnp.mean(-jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], -1))
 
 
+def recomputed(fn: Callable) -> Callable:
+    """``fn`` with its intermediates recomputed in the backward pass instead of stored.
+
+    For the elementwise chains of GELU and LayerNorm: autodiff would keep every intermediate
+    (six ``[B, T, mlp_dim]`` arrays for tanh-GELU, four ``[B, T, d]`` for LayerNorm), which was
+    most of an encoder step's memory; recomputing them from the input is a few cheap passes
+    that XLA fuses into the backward kernels that read that input anyway.
+    """
+    return jax.checkpoint(fn)
+
+
 class MLP(nn.Module):
     hidden_dim: int
     dropout_rate: float = 0.0
     dtype: Any = None
 
     @nn.compact
-    def __call__(self, x: Array, *, train: bool) -> Array:
-        h = nn.gelu(nn.Dense(self.hidden_dim, dtype=self.dtype, name="mlp_in")(x))
+    def __call__(self, x: Array, train: bool) -> Array:
+        h = recomputed(nn.gelu)(nn.Dense(self.hidden_dim, dtype=self.dtype, name="mlp_in")(x))
         h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
         return nn.Dense(x.shape[-1], dtype=self.dtype, name="mlp_out")(h)
 
@@ -108,11 +146,17 @@ class EncoderBlock(nn.Module):
             dtype=self.dtype,
             name="attention",
         )
-        norm = lambda name: nn.LayerNorm(dtype=self.dtype, name=name)  # statistics in float32
+        # statistics in float32; recomputed in the backward pass (see `recomputed`)
+        norm = lambda name: nn.remat(nn.LayerNorm)(dtype=self.dtype, name=name)
         dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
         x = x + dropout(attention(norm("ln_attention")(x), mask=mask, qkv_bias=qkv_bias))
-        mlp = MLP(self.mlp_dim, self.dropout_rate, self.dtype, name="mlp")
-        return x + dropout(mlp(norm("ln_mlp")(x), train=train))
+        # The MLP is recomputed in the backward pass too: it then stores only its input instead
+        # of four [B, T, *] arrays, for one extra matmul, a few percent of a step's FLOPs at
+        # LRA lengths (attention's T^2 products dominate).
+        mlp = nn.remat(MLP, static_argnums=(2,))(
+            self.mlp_dim, self.dropout_rate, self.dtype, name="mlp"
+        )
+        return x + dropout(mlp(norm("ln_mlp")(x), train))
 
 
 class EncoderClassifier(nn.Module):

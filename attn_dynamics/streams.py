@@ -8,3 +8,4 @@ these same ids.
 
 INIT = 0  # parameter initialisation
 DROPOUT = 1  # dropout masks (folded in again with the step)
+SHARED_INIT = 2  # matrices every seed shares (model.shared_init), from model.shared_init_seed

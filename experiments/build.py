@@ -40,6 +40,8 @@ def build_model(config: ml_collections.ConfigDict, info: dict):
             v_init_scale=m.v_init_scale,
             implementation=m.implementation,
             dtype=compute_dtype(m),
+            shared_init=m.get("shared_init", ""),  # runs written before the field existed
+            shared_init_seed=m.get("shared_init_seed", 0),
         )
     return models.EncoderClassifier(
         num_classes=info["num_classes"],

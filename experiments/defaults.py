@@ -32,6 +32,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.output_projection = False
     c.model.qk_init_scale = 1.0  # W_Q, W_K ~ N(0, scale^2 / d)
     c.model.v_init_scale = 1.0  # W_V ~ N(0, scale^2 / d)
+    c.model.shared_init = ""  # matrices all seeds share, e.g. 'KV' ('' | 'Q' | ... | 'QKV')
+    c.model.shared_init_seed = 0  # the key of the shared matrices (instead of each seed's)
     # encoder classifier
     c.model.num_classes = 2
     c.model.vocab_size = 257

@@ -1,6 +1,7 @@
 """Quantities computed from a finished run's checkpoints, written into its run directory.
 
     python -m experiments.measure sharpness RUNDIR [--iters 300] [--tol 1e-5] [--force]
+    python -m experiments.measure minima RUNDIR [--force]
 
 RUNDIR is one run or a sweep root (every finished run under it is measured). ``sharpness``
 writes ``sharpness.json`` into each run directory: the top Hessian eigenvalue of the training
@@ -8,7 +9,10 @@ loss w.r.t. the *trained* parameters (power iteration on Hessian-vector products
 matrices held fixed), per seed at the last checkpoint (``final``), and for
 ``student_teacher_regression`` runs also at the teacher's W_Q, a zero-loss minimum
 (``teacher``, with the loss there, ``teacher_loss``). A run that already has the file is skipped
-unless ``--force``. The analyses (``python -m experiments.analyses``) only read these files.
+unless ``--force``. ``minima`` writes ``minima.json`` (Q-only runs): per seed, global optimum,
+sub-optimal local minimum or neither, from the gradient and the float64 Hessian w.r.t. W_Q
+(:mod:`experiments.minima`). The analyses (``python -m experiments.analyses``) only read
+these files.
 """
 
 from __future__ import annotations
@@ -93,7 +97,14 @@ def finished_runs(root: pathlib.Path) -> list[pathlib.Path]:
     return [c.path for c in cells if rundirs.read_summary(c.path) is not None]
 
 
-MEASURES = {"sharpness": sharpness}
+def minima(run_dir: pathlib.Path) -> dict:
+    """Global optimum, sub-optimal local minimum or neither per seed (:mod:`experiments.minima`)."""
+    from experiments import minima as minima_lib
+
+    return minima_lib.minima(run_dir)
+
+
+MEASURES = {"sharpness": sharpness, "minima": minima}
 
 
 def measure_runs(
@@ -132,9 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not finished_runs(args.rundir):
             raise FileNotFoundError(f"no finished run (summary.json) under {str(args.rundir)!r}")
-        written = measure_runs(
-            args.rundir, args.measure, force=args.force, num_iters=args.iters, tol=args.tol
-        )
+        options = {"num_iters": args.iters, "tol": args.tol} if args.measure == "sharpness" else {}
+        written = measure_runs(args.rundir, args.measure, force=args.force, **options)
     except (rundirs.RunDirError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

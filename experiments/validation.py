@@ -38,6 +38,9 @@ BUILTIN_DATASETS = (
     "synthetic_regression",
 )
 REGRESSION_DATASETS = ("student_teacher_regression", "synthetic_regression")
+# attn_dynamics.models.SHARED_INIT_CHOICES; attn_dynamics.data.student_teacher.TEACHER_KV
+SHARED_INIT_CHOICES = ("", "Q", "K", "V", "QK", "QV", "KV", "QKV")
+TEACHER_KV = ("seed", "shared")
 # attn_dynamics.floater.{INJECTIONS, SOLVERS, ADJOINTS}
 FLOATER_INJECTIONS = ("input", "every_layer", "qkv_bias")
 FLOATER_SOLVERS = ("rk4", "tsit5", "dopri5")
@@ -165,6 +168,8 @@ def validate(config) -> None:
     check_model(config)
     check_data(config.data)
     check_train(config.train)
+    if config.data.get("name") == "student_teacher_regression":
+        check_student_teacher(config)
 
 
 def check_seeds(seeds) -> None:
@@ -223,6 +228,8 @@ def check_theory(config) -> None:
     for name in ("qk_init_scale", "v_init_scale"):
         if name in m:
             _real(f"model.{name}", m[name], low=0.0)
+    _choice("model.shared_init", m.get("shared_init", ""), SHARED_INIT_CHOICES)
+    _int("model.shared_init_seed", m.get("shared_init_seed", 0), minimum=0)
     # W_Q, W_K map d -> d and W_V maps d -> (d with an output projection, else out_dim); each
     # is split into num_heads equal heads.
     widths = {"data.dim": d.dim}
@@ -293,6 +300,28 @@ def check_data(d) -> None:
             f"config.data.batch_size={d.batch_size} is larger than the training set "
             f"(config.{size_field}={size}); valid: 1..{size}"
             + (" (0: full batch)" if size_field == "data.num_samples" else "")
+        )
+
+
+def check_student_teacher(config) -> None:
+    """The teacher's W_K, W_V must be the students': the one seed's own (``'seed'``), or the
+    model's shared draws from ``data.seed`` (``'shared'``)."""
+    d, m = config.data, config.model
+    kv = d.get("teacher_kv", "seed")
+    _choice("data.teacher_kv", kv, TEACHER_KV)
+    shares_kv = {"K", "V"} <= set(m.get("shared_init", ""))
+    if kv == "shared" and not (shares_kv and m.get("shared_init_seed", 0) == d.seed):
+        raise ConfigError(
+            f"config.data.teacher_kv='shared' needs the students' W_K, W_V shared and drawn from "
+            f"the data seed: config.model.shared_init containing 'KV' (got "
+            f"{m.get('shared_init', '')!r}) and config.model.shared_init_seed == config.data.seed "
+            f"(got {m.get('shared_init_seed', 0)!r} and {d.seed!r})"
+        )
+    if kv == "seed" and set(m.get("shared_init", "")) & {"K", "V"}:
+        raise ConfigError(
+            f"config.model.shared_init={m.shared_init!r} shares W_K or W_V across seeds, but "
+            "config.data.teacher_kv='seed' copies one seed's own; valid: teacher_kv='shared' "
+            "(with shared_init 'KV'), or shared_init without K and V"
         )
 
 

@@ -21,7 +21,13 @@ from experiments.rundirs import flatten
 RESUMABLE_CHANGES = ("train.num_steps", "train.progress_bar", "train.stop_at_threshold")
 # Fields added since runs were first written, with the value that behaves as before they
 # existed: a run directory whose config.json lacks one resumes when the field has that value.
-ADDED_FIELDS = {"data.teacher_sigma2": None, "train.stable_step_fraction": 0.0}
+ADDED_FIELDS = {
+    "data.teacher_sigma2": None,
+    "train.stable_step_fraction": 0.0,
+    "model.shared_init": "",
+    "model.shared_init_seed": 0,
+    "data.teacher_kv": "seed",
+}
 
 
 class WorkdirError(ValueError):

@@ -10,6 +10,12 @@ dataset's.
 The fields ``dim``, ``out_dim``, ``student_seeds``, ``teacher_kernel``, ``teacher_sigma2`` and the
 init scales must equal the run's (``configs/ablation_q_only.py`` makes them references to the
 model's fields and to ``config.seeds``).
+
+``teacher_kv = 'shared'`` instead makes many seeds share one teacher: W_K, W_V are the model's
+*shared* matrices (``model.shared_init = 'KV'``, ``model.shared_init_seed = data.seed``), so every
+seed of the run has the same frozen W_K, W_V and draws only its own W_Q; the teacher's W_Q comes
+from ``data.seed`` too. One data draw is then one teacher, and any number of seeds train on it in
+one program (``configs/ablation_small_model.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from attn_dynamics.data import synthetic
 
 STUDENT_INIT_STREAM = streams.INIT  # the runner's: the student starts where a run starts
 TEACHER_Q_STREAM = 13  # the teacher's W_Q: a stream no student parameter is drawn from
+TEACHER_KV = ("seed", "shared")  # W_K, W_V: the one seed's own, or the model's shared draw
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -42,8 +49,17 @@ def default_config() -> ml_collections.ConfigDict:
     d.teacher_sigma2 = config_dict.placeholder(float)  # teacher's Gaussian bandwidth (model.sigma2)
     d.qk_init_scale = 1.0  # the student's init scales (so its W_K, W_V can be rebuilt)
     d.v_init_scale = 1.0
+    d.teacher_kv = "seed"  # 'seed': copy the run's one seed; 'shared': model.shared_init's W_K, W_V
     d.batch_size = 0
     return d
+
+
+def shared(config) -> bool:
+    """W_K, W_V shared by every seed (drawn from ``data.seed``), not one seed's own."""
+    kv = config.get("teacher_kv", "seed")  # configs written before the field existed: 'seed'
+    if kv not in TEACHER_KV:
+        raise ValueError(f"unknown teacher_kv {kv!r}; valid: {list(TEACHER_KV)}")
+    return kv == "shared"
 
 
 def student_seed(config) -> int:
@@ -60,21 +76,25 @@ def teacher_query(config):
     """The teacher's W_Q ``[d, d]``: a zero-loss point for the student trained on this data."""
     import jax
 
-    key = jax.random.fold_in(jax.random.key(student_seed(config)), TEACHER_Q_STREAM)
+    seed = int(config.seed) if shared(config) else student_seed(config)
+    key = jax.random.fold_in(jax.random.key(seed), TEACHER_Q_STREAM)
     dim = int(config.dim)
     return float(config.teacher_q_scale) * jax.random.normal(key, (dim, dim)) / math.sqrt(dim)
 
 
 def make_data(config) -> tuple[np.ndarray, np.ndarray]:
     """``(X [n, N, d], Y [n, N, out_dim])`` float32: Y is the seed's student at initialisation
-    with W_Q replaced by :func:`teacher_query`."""
+    (or, with ``teacher_kv='shared'``, the model with the shared W_K, W_V) with W_Q replaced by
+    :func:`teacher_query`."""
     import jax
 
-    seed = student_seed(config)
     n, seq, dim, out = (int(config[k]) for k in ("num_samples", "seq_len", "dim", "out_dim"))
     rng = np.random.default_rng([int(config.seed), synthetic.X_STREAM])
     x = (float(config.input_scale) * rng.standard_normal((n, seq, dim))).astype(np.float32)
     options = synthetic.teacher_options(config)
+    if shared(config):
+        return x, shared_teacher_targets(config, x, options)
+    seed = student_seed(config)
     teacher = synthetic.theory_teacher(  # the theory model's parameters, paths and init
         dim=dim,
         out_dim=out,
@@ -88,6 +108,29 @@ def make_data(config) -> tuple[np.ndarray, np.ndarray]:
     attention = dict(params["attention"], query={"kernel": teacher_query(config)})
     y = jax.jit(teacher.apply)({"params": {**params, "attention": attention}}, x)
     return x, np.asarray(y, np.float32)
+
+
+def shared_teacher_targets(config, x: np.ndarray, options: dict) -> np.ndarray:
+    """Targets of the theory model whose W_K, W_V are the shared draws of ``data.seed`` (the
+    model class itself, so they are bit for bit the students'), with the teacher's W_Q."""
+    import jax
+
+    from attn_dynamics import models
+
+    teacher = models.TheoryModel(
+        dim=x.shape[-1],
+        out_dim=int(config.out_dim),
+        kernel=config.teacher_kernel,
+        kernel_options=options,
+        qk_init_scale=float(config.qk_init_scale),
+        v_init_scale=float(config.v_init_scale),
+        shared_init="KV",
+        shared_init_seed=int(config.seed),
+    )
+    params = jax.jit(teacher.init)(jax.random.key(0), x[:1])["params"]  # W_K, W_V: key-free
+    attention = dict(params["attention"], query={"kernel": teacher_query(config)})
+    y = jax.jit(teacher.apply)({"params": {**params, "attention": attention}}, x)
+    return np.asarray(y, np.float32)
 
 
 def _synthetic_view(config) -> ml_collections.ConfigDict:
@@ -106,10 +149,12 @@ class StudentTeacherRegression(synthetic.SyntheticRegression):
     name = "student_teacher_regression"
 
     def __init__(self, config, mesh=None):
-        missing = [f for f in default_config() if f not in config]
+        optional = {"teacher_kv"}  # run directories written before it existed resume
+        missing = [f for f in default_config() if f not in config and f not in optional]
         if missing:
             raise ValueError(f"config.data for {self.name!r} lacks the fields {missing}")
-        student_seed(config)  # one seed, else the ValueError saying so, before any work
+        if not shared(config):
+            student_seed(config)  # one seed, else the ValueError saying so, before any work
         super().__init__(_synthetic_view(config), mesh)
         self.student_config = config
 

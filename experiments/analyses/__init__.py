@@ -14,6 +14,7 @@ kernels, length extrapolation).
 
 from __future__ import annotations
 
+from experiments.analyses.small_model import small_model
 from experiments.analyses.tasks import extrapolation, kernels
 from experiments.analyses.theory import kernel_subsets, overparam, q_only
 
@@ -23,6 +24,7 @@ ANALYSES = {
     "overparam": overparam,
     "kernels": kernels,
     "extrapolation": extrapolation,
+    "small_model": small_model,
 }
 
 __all__ = ["ANALYSES", "extrapolation", "kernel_subsets", "kernels", "overparam", "q_only"]
