@@ -5,10 +5,12 @@ differ only in the data draw (``data.seed``) or in the seeds they train (a ``see
 one row: seeds are pooled within a draw, and every figure is computed per draw and then given
 as the median over draws with its [min, max], so a table does not rest on one draw.
 
-Writes ``DIR/report.md`` (per row: draws, seeds, fraction of seeds that reached the loss
-threshold, median steps to it, final loss and final/initial loss (medians over seeds), diverged
-seeds, evaluation accuracies), ``DIR/report.json`` (the same figures as numbers) and
-``DIR/loss_curves.png`` (median loss per row, interquartile band over all its seeds).
+Writes ``DIR/report.md`` (per row: draws, seeds, fraction of seeds that reached each
+convergence criterion -- loss <= ``train.loss_threshold`` x its initial loss, and loss <=
+``train.baseline_threshold`` x the best constant predictor's loss -- and median steps to it,
+final loss and final/initial loss (medians over seeds), diverged seeds, evaluation
+accuracies), ``DIR/report.json`` (the same figures as numbers) and ``DIR/loss_curves.png``
+(median loss per row, interquartile band over all its seeds).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class Row:
     label: str
     draws: list[Draw]
     threshold: float | None = None
+    baseline_threshold: float | None = None
 
     @property
     def cells(self) -> list[rundirs.Cell]:
@@ -78,6 +81,7 @@ def find_rows(root: pathlib.Path) -> tuple[list[Row], list[rundirs.Cell]]:
         else:
             row.draws.append(Draw(draw, [cell], [summary]))
         row.threshold = summary.get("loss_threshold", row.threshold)
+        row.baseline_threshold = summary.get("baseline_threshold", row.baseline_threshold)
     return list(rows.values()), unfinished
 
 
@@ -108,6 +112,7 @@ def draw_figures(draw: Draw) -> dict:
     """Numbers of one draw over its seeds."""
     seeds = draw.seeds
     steps = _finite(s["steps_to_threshold"] for s in seeds)
+    baseline = _finite(s.get("steps_to_baseline") for s in seeds)  # absent in older summaries
     finals = _finite(s["final_loss"] for s in seeds)
     rel = _finite(s.get("relative_final_loss") for s in seeds)
     figures = {
@@ -115,6 +120,9 @@ def draw_figures(draw: Draw) -> dict:
         "reached": int(steps.size),
         "fraction_reached": steps.size / len(seeds) if seeds else math.nan,
         "median_steps": float(np.median(steps)) if steps.size else math.nan,
+        "reached_baseline": int(baseline.size),
+        "fraction_reached_baseline": baseline.size / len(seeds) if seeds else math.nan,
+        "median_steps_baseline": float(np.median(baseline)) if baseline.size else math.nan,
         "final_loss": float(np.median(finals)) if finals.size else math.nan,
         "relative_final_loss": float(np.median(rel)) if rel.size else math.nan,
         "diverged": sum(s["status"] == "diverged" for s in seeds),
@@ -141,7 +149,14 @@ def spread(values) -> dict:
     return {"median": float(np.median(x)), "min": float(x.min()), "max": float(x.max())}
 
 
-FIGURES = ("fraction_reached", "median_steps", "final_loss", "relative_final_loss")
+FIGURES = (
+    "fraction_reached",
+    "median_steps",
+    "fraction_reached_baseline",
+    "median_steps_baseline",
+    "final_loss",
+    "relative_final_loss",
+)
 
 
 def row_figures(row: Row) -> dict:
@@ -154,6 +169,7 @@ def row_figures(row: Row) -> dict:
         "draws": len(per_draw),
         "seeds": sum(f["seeds"] for f in per_draw),
         "reached": sum(f["reached"] for f in per_draw),
+        "reached_baseline": sum(f["reached_baseline"] for f in per_draw),
         "diverged": sum(f["diverged"] for f in per_draw),
         "status": _worst(statuses),
         "per_draw": per_draw,
@@ -186,7 +202,15 @@ def _cell(figure: dict, spec: str, draws: int) -> str:
     return text
 
 
-def markdown_table(figures: list[dict], threshold: float | None) -> str:
+def _reached(f: dict, count: str, fraction: str) -> str:
+    """``12/16``, or with several draws the per-draw fraction's median [min, max] (pooled)."""
+    pooled = f"{f[count]}/{f['seeds']}"
+    return pooled if f["draws"] == 1 else f"{_cell(f[fraction], '.2f', f['draws'])} ({pooled})"
+
+
+def markdown_table(
+    figures: list[dict], threshold: float | None, baseline_threshold: float | None = None
+) -> str:
     accs = sorted({k for f in figures for k in f if k.endswith(" acc")})
     columns = [
         "run",
@@ -194,6 +218,8 @@ def markdown_table(figures: list[dict], threshold: float | None) -> str:
         "seeds",
         "reached threshold",
         "median steps to threshold",
+        "reached baseline",
+        "median steps to baseline",
         "final loss (median)",
         "final/initial (median)",
         "diverged",
@@ -203,25 +229,28 @@ def markdown_table(figures: list[dict], threshold: float | None) -> str:
     lines = []
     if threshold is not None:
         lines.append(f"Threshold: loss <= {threshold:g} x initial loss.")
+    if baseline_threshold is not None:
+        lines.append(
+            f"Baseline: loss <= {baseline_threshold:g} x the best constant predictor's loss on "
+            "the training targets."
+        )
     if any(f["draws"] > 1 for f in figures):
         lines.append(
             "With several data draws (data.seed), a figure is the median over draws of its "
-            "per-draw value [min, max]; 'reached threshold' is the fraction of seeds per draw."
+            "per-draw value [min, max]; 'reached' is the fraction of seeds per draw (pooled "
+            "count in brackets)."
         )
     lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for f in figures:
         draws = f["draws"]
-        reached = (
-            f"{f['reached']}/{f['seeds']}"
-            if draws == 1
-            else f"{_cell(f['fraction_reached'], '.2f', draws)} ({f['reached']}/{f['seeds']})"
-        )
         values = [
             f["label"],
             str(draws),
             str(f["seeds"]),
-            reached,
+            _reached(f, "reached", "fraction_reached"),
             _cell(f["median_steps"], ".0f", draws),
+            _reached(f, "reached_baseline", "fraction_reached_baseline"),
+            _cell(f["median_steps_baseline"], ".0f", draws),
             _cell(f["final_loss"], ".3g", draws),
             _cell(f["relative_final_loss"], ".2g", draws),
             str(f["diverged"]),
@@ -295,8 +324,9 @@ def write_report(root: str | pathlib.Path) -> pathlib.Path:
         raise FileNotFoundError(f"no finished run (summary.json) under {str(root)!r}")
     figures = [row_figures(r) for r in rows]
     threshold = next((r.threshold for r in rows if r.threshold is not None), None)
+    baseline = next((r.baseline_threshold for r in rows if r.baseline_threshold), None)
     plot_loss_curves(rows, root / "loss_curves.png")
-    text = f"# Report: {root}\n\n" + markdown_table(figures, threshold)
+    text = f"# Report: {root}\n\n" + markdown_table(figures, threshold, baseline)
     if unfinished:
         names = ", ".join(c.name for c in unfinished)
         text += f"\nNot finished (no summary.json): {names}\n"

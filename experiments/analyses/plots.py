@@ -154,14 +154,17 @@ def pooled_curves(
 
 
 def overparam(series: dict[str, dict[str, np.ndarray]], path: pathlib.Path) -> None:
-    """Per series (label -> ``ratio``, ``fraction``, ``relative``, ``sigma_min`` arrays over
-    d / (nN)): fraction reaching eps, median final/initial loss, median sigma_min(Phi)."""
+    """Per series (label -> ``ratio``, ``fraction``, ``fraction_baseline``, ``relative``,
+    ``sigma_min`` arrays over d / (nN)): fraction reaching eps (solid) and the baseline level
+    (dashed), median final/initial loss, median sigma_min(Phi)."""
     fig = Figure(figsize=(12, 3.4))
     axes = fig.subplots(1, 3)
     for i, (label, s) in enumerate(series.items()):
         for ax, what in zip(axes, ("fraction", "relative", "sigma_min"), strict=True):
             ax.plot(s["ratio"], s[what], "o-", color=color(i), label=label)
-    axes[0].set_ylabel("fraction of seeds reaching eps")
+        if "fraction_baseline" in s:
+            axes[0].plot(s["ratio"], s["fraction_baseline"], "s--", color=color(i), ms=4)
+    axes[0].set_ylabel("fraction reaching eps (—), baseline (--)")
     axes[1].set_ylabel("median final/initial loss")
     axes[1].set_yscale("log")
     axes[2].set_ylabel("median σmin(Φ) at init")

@@ -46,19 +46,63 @@ def median_or_dash(x: np.ndarray) -> str:
     return fmt(float(np.median(x))) if x.size else "–"
 
 
+CRITERIA = {  # label in the tables -> (Outcomes field: reached, Outcomes field: steps)
+    "eps": ("converged", "steps"),
+    "baseline": ("converged_baseline", "steps_baseline"),
+}
+
+
+def by_draw(c: Outcomes) -> list[np.ndarray]:
+    """One boolean mask over the cell's seeds per data draw, in first-seen order."""
+    return [c.draw == d for d in c.draws]
+
+
+def per_draw_counts(flags: np.ndarray, c: Outcomes) -> str:
+    """``16, 12, 3``: how many seeds of each draw have the flag."""
+    return ", ".join(str(int(flags[m].sum())) for m in by_draw(c))
+
+
+def median_steps(steps: np.ndarray, reached: np.ndarray, c: Outcomes) -> str:
+    """Median steps over the seeds that reached the criterion, pooled over draws; with several
+    draws followed by [min, max] of the per-draw medians (draws where none reached left out)."""
+    pooled = steps[reached]
+    if not pooled.size:
+        return "–"
+    text = str(int(np.median(pooled)))
+    per = [np.median(steps[m & reached]) for m in by_draw(c) if (m & reached).any()]
+    if len(c.draws) > 1:
+        text += f" [{int(min(per))}, {int(max(per))}]"
+    return text
+
+
+def criterion_columns(c: Outcomes, label: str) -> dict:
+    """Seeds that reached the criterion (pooled, and per draw with several) and how fast."""
+    reached, steps = (getattr(c, f) for f in CRITERIA[label])
+    row = {f"reached {label}": f"{int(reached.sum())}/{len(c.seeds)}"}
+    if len(c.draws) > 1:
+        row[f"{label} per draw"] = per_draw_counts(reached, c)
+    row[f"median steps to {label}"] = median_steps(steps, reached, c)
+    return row
+
+
 def outcome_row(c: Outcomes) -> dict:
-    """Seeds that reached eps, how fast, and where the others ended."""
-    steps = c.steps[c.converged]
-    return {
-        "cell": c.name,
-        "seeds": len(c.seeds),
-        "reached eps": f"{int(c.converged.sum())}/{len(c.seeds)}",
-        "fraction": fmt(float(c.converged.mean()), 2),
-        "median steps to eps": str(int(np.median(steps))) if steps.size else "–",
-        "final/initial loss: median [min, max]": quantiles(c.relative_final_loss),
-        "final loss median": fmt(float(np.nanmedian(c.final_loss))),
-        "diverged": str(int(c.diverged.sum())),
-    }
+    """Seeds that reached each criterion, how fast, and where the others ended; pooled over the
+    cell's data draws, per draw where there are several."""
+    multi = len(c.draws) > 1
+    row = {"cell": c.name, **({"draws": str(len(c.draws))} if multi else {})}
+    row["seeds"] = len(c.seeds)
+    row.update(criterion_columns(c, "eps"))
+    row.update(criterion_columns(c, "baseline"))
+    if c.baseline_unknown.any():  # stopped at eps before the baseline level could be met
+        row["baseline unknown"] = str(int(c.baseline_unknown.sum()))
+    live = ~c.diverged  # a diverged seed's last finite loss says nothing about convergence
+    row["final/initial loss: median [min, max]"] = quantiles(c.relative_final_loss[live])
+    row["final/baseline loss: median [min, max]"] = quantiles(c.baseline_relative_final_loss[live])
+    row["final loss median"] = fmt(float(np.nanmedian(c.final_loss[live])) if live.any() else None)
+    row["diverged"] = str(int(c.diverged.sum()))
+    if multi:
+        row["diverged per draw"] = per_draw_counts(c.diverged, c)
+    return row
 
 
 def stall_row(c: Outcomes) -> dict:
@@ -66,6 +110,7 @@ def stall_row(c: Outcomes) -> dict:
     oscillating (large gradient, loss going up and down: step size above 2 / sharpness)?"""
     no = ~c.converged
     row = {"cell": c.name, "not reached": str(int(no.sum()))}
+    row["not reached baseline"] = str(int((~c.converged_baseline & ~c.baseline_unknown).sum()))
     for label, mask in (("reached", c.converged), ("not reached", no)):
         g, up = c.final_grad_norm[mask], c.loss_increases[mask]
         row[f"final grad norm ({label})"] = fmt(float(np.nanmedian(g))) if g.size else "–"
@@ -76,14 +121,19 @@ def stall_row(c: Outcomes) -> dict:
 
 
 def init_row(c: Outcomes, quantities=INIT_QUANTITIES) -> dict:
-    """Step-0 theory quantities among seeds that reached eps and those that did not, and their
-    rank correlation with log(final/initial loss)."""
+    """Step-0 theory quantities among seeds that reached eps and those that did not (for
+    σmin(Φ) also split by the baseline criterion), and their rank correlation with
+    log(final/initial loss), over the seeds of all the cell's draws."""
     row = {"cell": c.name}
     log_rel = np.log10(np.maximum(c.relative_final_loss, 1e-30))
     for q in quantities:
         v = c.init[q]
         row[f"{SHORT[q]} conv."] = median_or_dash(v[c.converged])
         row[f"{SHORT[q]} not conv."] = median_or_dash(v[~c.converged])
+        if q == "sigma_min_attention_output":
+            known = ~c.baseline_unknown
+            row[f"{SHORT[q]} baseline"] = median_or_dash(v[c.converged_baseline])
+            row[f"{SHORT[q]} not baseline"] = median_or_dash(v[known & ~c.converged_baseline])
         row[f"ρ({SHORT[q]}, final loss)"] = fmt(spearman(v, log_rel), 2)
     return row
 
@@ -119,12 +169,54 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def teacher_of(c: Outcomes) -> str:
+    """Where the cell's targets come from, in words (from its config.json)."""
+    data = c.config.get("data", {})
+    name, kernel = data.get("name", "?"), data.get("teacher_kernel")
+    if name == "student_teacher_regression":
+        return (
+            f"the student's own W_K, W_V and kernel ({kernel}) with an independent W_Q of scale "
+            f"{data.get('teacher_q_scale')}"
+        )
+    if data.get("targets") == "teacher":
+        return f"a random one-layer {kernel} teacher (its own W_Q, W_K, W_V)"
+    return f"{name}, targets {data.get('targets', '?')}"
+
+
+def draws_text(cells: list[Outcomes]) -> str:
+    """How many data draws the cells rest on, and what the per-draw columns mean."""
+    draws = sorted({d for c in cells for d in c.draws})
+    if len(draws) <= 1:
+        return f"One data draw (data.seed = {draws[0] if draws else '?'}). "
+    return (
+        f"Data draws: data.seed in {{{', '.join(draws)}}}; counts pool the seeds of every draw, "
+        "'per draw' lists them draw by draw, and median steps are pooled over draws with "
+        "[min, max] of the per-draw medians. "
+    )
+
+
 def header(title: str, root: pathlib.Path, cells: list[Outcomes]) -> str:
-    thr = cells[0].threshold
+    thr, base = cells[0].threshold, cells[0].baseline_threshold
     text = f"# {title}\n\nRun directory: `{root}`. "
     if math.isfinite(thr) and thr > 0:
         text += f"eps: loss <= {thr:g} x the seed's initial loss. "
+    if math.isfinite(base) and base > 0:
+        text += (
+            f"baseline: loss <= {base:g} x the best constant predictor's loss on the training "
+            "targets (of the cell's draw). "
+        )
+    text += draws_text(cells)
+    teachers = list(dict.fromkeys(teacher_of(c) for c in cells))
+    text += f"Targets: {teachers[0]}. " if len(teachers) == 1 else ""
     return text + "\n\n"
+
+
+def teacher_rows(cells: list[Outcomes]) -> str:
+    """Per cell where its targets come from, when the cells differ (else the header says it)."""
+    if len({teacher_of(c) for c in cells}) <= 1:
+        return ""
+    rows = [{"cell": c.name, "targets": teacher_of(c)} for c in cells]
+    return "\n## Targets per cell\n\n" + markdown(rows)
 
 
 def write(root: pathlib.Path, kind: str, text: str) -> str:

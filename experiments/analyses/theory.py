@@ -21,8 +21,14 @@ from experiments.analyses.cells import Outcomes, field_of, short_key
 
 INIT_INTRO = (
     "Medians of the step-0 quantities among seeds that reached eps (conv.) and those that did "
-    "not; ρ is the Spearman rank correlation over seeds of the quantity with log(final/initial "
+    "not (for σmin(Φ) also split by the baseline criterion), over the seeds of every draw; ρ is "
+    "the Spearman rank correlation over those seeds of the quantity with log(final/initial "
     "loss) (negative: larger values, lower final loss).\n\n"
+)
+OUTCOME_INTRO = (
+    "Seeds reaching each criterion (pooled over draws; 'per draw': draw by draw), median steps "
+    "to it, final loss relative to the initial loss and to the baseline loss (median [min, max] "
+    "over the seeds that did not diverge), diverged seeds.\n\n"
 )
 FIGURES = (
     "\n![init vs convergence](init_vs_convergence.png)\n"
@@ -34,7 +40,7 @@ def kernel_subsets(root: pathlib.Path) -> str:
     """Kernel x trainable subset: outcome table, init quantities vs convergence, plots."""
     from experiments import report
 
-    cells = cells_lib.load_all(root)
+    cells = cells_lib.merge_draws(cells_lib.load_all(root))
     plots.init_scatter(
         cells,
         root / "init_vs_convergence.png",
@@ -44,7 +50,8 @@ def kernel_subsets(root: pathlib.Path) -> str:
     plots.final_loss(cells, root / "final_loss_distribution.png")
     report.write_report(root)  # report.md and loss_curves.png, the runner's standard view
     text = tables.header("Ablation: kernel x trainable subset", root, cells)
-    text += "## Outcome per cell\n\n" + tables.markdown([tables.outcome_row(c) for c in cells])
+    text += "## Outcome per cell\n\n" + OUTCOME_INTRO
+    text += tables.markdown([tables.outcome_row(c) for c in cells]) + tables.teacher_rows(cells)
     text += "\n## Initialisation vs convergence\n\n" + INIT_INTRO
     text += tables.markdown([tables.init_row(c) for c in cells]) + FIGURES
     return tables.write(root, "kernel_subsets", text)
@@ -81,7 +88,7 @@ def sharpness_section(root: pathlib.Path, pooled: list[Outcomes], runs: list[Out
 def q_only(root: pathlib.Path) -> str:
     """Q-only, student-teacher targets: one run per seed, pooled per kernel (and other axes)."""
     runs = cells_lib.load_all(root)
-    pooled = cells_lib.merge_seeds(runs, drop=("seeds",))
+    pooled = cells_lib.merge_seeds(runs, drop=("seeds", *cells_lib.DRAW_FIELDS))
     plots.init_scatter(
         pooled,
         root / "init_vs_convergence.png",
@@ -97,12 +104,17 @@ def q_only(root: pathlib.Path) -> str:
         root / "loss_curves.png",
     )
     text = tables.header("Ablation: only W_Q trained, realisable targets", root, pooled)
-    text += "## Outcome per kernel (seeds pooled)\n\n"
-    text += tables.markdown([tables.outcome_row(c) for c in pooled])
+    text += "## Outcome per kernel (seeds and draws pooled)\n\n" + OUTCOME_INTRO
     text += (
-        "\n## Stalled or oscillating?\n\nMedians over seeds of the gradient norm at the last "
-        "logged step and of the share of logged intervals over which the loss increased (a "
-        "seed at a sub-optimal stationary point has a small gradient and a monotone loss).\n\n"
+        "Each run stops once it reached eps; 'baseline unknown' counts seeds whose run stopped "
+        "before they met the baseline level (absent: none).\n\n"
+    )
+    text += tables.markdown([tables.outcome_row(c) for c in pooled]) + tables.teacher_rows(pooled)
+    text += (
+        "\n## Stalled or oscillating?\n\nSeeds that missed eps, and those that missed the "
+        "baseline level; medians over seeds of the gradient norm at the last logged step and of "
+        "the share of logged intervals over which the loss increased, split by eps (a seed at a "
+        "sub-optimal stationary point has a small gradient and a monotone loss).\n\n"
     )
     text += tables.markdown([tables.stall_row(c) for c in pooled])
     text += sharpness_section(root, pooled, runs)
@@ -111,9 +123,15 @@ def q_only(root: pathlib.Path) -> str:
     return tables.write(root, "q_only", text)
 
 
+def live_relative_loss(c: Outcomes) -> float:
+    """Median final/initial loss of the seeds that did not diverge (nan if none)."""
+    x = c.relative_final_loss[~c.diverged]
+    return float(np.nanmedian(x)) if np.isfinite(x).any() else float("nan")
+
+
 def overparam(root: pathlib.Path) -> str:
     """d relative to n*N: fraction converged and sigma_min(Phi) per d, per subset/kernel."""
-    cells = cells_lib.load_all(root)
+    cells = cells_lib.merge_draws(cells_lib.load_all(root))
     by_series: dict[str, list[tuple[float, Outcomes]]] = {}
     for c in cells:
         d = float(field_of(c, "model.dim"))
@@ -127,7 +145,8 @@ def overparam(root: pathlib.Path) -> str:
         series[label] = {
             "ratio": np.array([r for r, _ in points]),
             "fraction": np.array([c.converged.mean() for _, c in points]),
-            "relative": np.array([np.nanmedian(c.relative_final_loss) for _, c in points]),
+            "fraction_baseline": np.array([c.converged_baseline.mean() for _, c in points]),
+            "relative": np.array([live_relative_loss(c) for _, c in points]),
             "sigma_min": np.array(sigma_min),
         }
         for (ratio, c), smin in zip(points, sigma_min, strict=True):
@@ -137,5 +156,6 @@ def overparam(root: pathlib.Path) -> str:
             rows.append(row)
     plots.overparam(series, root / "overparam.png")
     text = tables.header("Ablation: over-parameterisation d / (nN)", root, cells)
-    text += tables.markdown(rows) + "\n![over-parameterisation](overparam.png)\n"
+    text += OUTCOME_INTRO + tables.markdown(rows) + tables.teacher_rows(cells)
+    text += "\n![over-parameterisation](overparam.png)\n"
     return tables.write(root, "overparam", text)
