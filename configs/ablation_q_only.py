@@ -8,7 +8,14 @@ the targets must be reachable by moving W_Q alone, so the data set here is
 W_Q replaced by an independent draw of scale ``data.teacher_q_scale`` (3: a peakier attention
 than the student's).
 A teacher of that form needs the run to train one seed, so seeds are a sweep axis here (one
-run per seed; the analysis pools them).
+run per seed; the analysis pools them). Three data draws (``data.seed`` 0, 1, 2) change the
+inputs X only: the teacher's weights come from the student's seed (its W_K, W_V and its own
+W_Q draw), so a draw is the same teacher on new inputs (and hence new targets).
+
+Each run stops once it reached eps (1e-3 x its initial loss; checked every ``log_every``
+steps). The second criterion (1e-3 x the best constant predictor's loss) is about as strict
+here, the initial student being close to a constant predictor; the analysis counts any run
+stopped before meeting it.
 
 Setting: n = 4 samples of N = 4 tokens, d = 64 >= nN = 16 (W_Q can set every query
 independently), out_dim 4, full-batch GD, eps = 1e-3 x initial loss, 10k steps (each run stops
@@ -71,4 +78,5 @@ def get_sweep():
         "model.kernel": ("softmax", "gaussian"),
         "train.learning_rate": (0.1, 0.02),
         "seeds": tuple((s,) for s in range(16)),
+        "data.seed": (0, 1, 2),  # data draws: inputs X (the teacher's weights stay)
     }
