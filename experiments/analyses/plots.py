@@ -49,7 +49,8 @@ def init_scatter(
     color_field: str | None,
     quantities=INIT_QUANTITIES[:2],
 ) -> None:
-    """Init quantity (x) vs final/initial loss (y, log), filled = reached eps, hollow = not."""
+    """Init quantity (x) vs final/initial loss (y, log), filled = reached eps, hollow = not;
+    diverged seeds are left out (the tables count them)."""
     panels = _panels(cells, panel_field)
     fig = Figure(figsize=(2.8 * len(panels) + 0.6, 2.4 * len(quantities) + 0.4))
     axes = fig.subplots(len(quantities), len(panels), squeeze=False)
@@ -61,7 +62,8 @@ def init_scatter(
                 key = str(field_of(c, color_field)) if color_field else c.name
                 rgb = colors.setdefault(key, color(len(colors)))
                 x, y = c.init[q], np.maximum(c.relative_final_loss, 1e-16)
-                yes, no = c.converged, ~c.converged
+                # diverged seeds left out: their last finite loss would set the axis
+                yes, no = c.converged & ~c.diverged, ~c.converged & ~c.diverged
                 ax.scatter(x[yes], y[yes], s=16, color=rgb, label=f"{key} (reached)")
                 ax.scatter(
                     x[no], y[no], s=16, facecolors="none", edgecolors=rgb, label=f"{key} (not)"
@@ -95,17 +97,19 @@ def short_label(c: Outcomes) -> str:
 
 
 def final_loss(cells: list[Outcomes], path: pathlib.Path) -> None:
-    """Final/initial loss of every seed per cell (strip plot), eps dashed."""
+    """Final/initial loss of every seed that did not diverge, per cell (strip plot), eps
+    dashed."""
     fig = Figure(figsize=(max(4.0, 0.75 * len(cells) + 1.5), 3.6))
     ax = fig.subplots()
     rng = np.random.default_rng(0)  # horizontal jitter, the same on every redraw
     for i, c in enumerate(cells):
         y = np.maximum(c.relative_final_loss, 1e-16)
         x = i + 0.12 * rng.standard_normal(len(y))
-        yes, no = c.converged, ~c.converged
+        yes, no = c.converged & ~c.diverged, ~c.converged & ~c.diverged  # diverged: left out
         ax.scatter(x[yes], y[yes], s=12, color="tab:blue")
         ax.scatter(x[no], y[no], s=12, facecolors="none", edgecolors="tab:red")
-        ax.hlines(np.nanmedian(y), i - 0.3, i + 0.3, color="black", lw=1.5)
+        if (yes | no).any():
+            ax.hlines(np.nanmedian(y[yes | no]), i - 0.3, i + 0.3, color="black", lw=1.5)
     thr = cells[0].threshold
     if _threshold_line(ax, thr, label=f"eps = {thr:g} x initial"):
         ax.legend(fontsize=7, loc="best")
