@@ -12,15 +12,16 @@ run per seed; the analysis pools them). Three data draws (``data.seed`` 0, 1, 2)
 inputs X only: the teacher's weights come from the student's seed (its W_K, W_V and its own
 W_Q draw), so a draw is the same teacher on new inputs (and hence new targets).
 
-Each run stops once it reached eps (1e-3 x its initial loss; checked every ``log_every``
-steps). The second criterion (1e-3 x the best constant predictor's loss) is about as strict
-here, the initial student being close to a constant predictor; the analysis counts any run
-stopped before meeting it.
+Every run trains all 10k steps: of the two convergence criteria, eps (1e-3 x its initial loss)
+and baseline (1e-3 x the best constant predictor's loss), the second is the stricter one for
+about half the seeds of the normalised kernels (their initial loss is 0.4-2.5x the baseline
+loss) and for every seed of the un-normalised Gaussian (initial loss 170-1200x the baseline
+loss), so stopping at eps would leave it unknown.
 
 Setting: n = 4 samples of N = 4 tokens, d = 64 >= nN = 16 (W_Q can set every query
-independently), out_dim 4, full-batch GD, eps = 1e-3 x initial loss, 10k steps (each run stops
-once it reached eps), learning rates 0.1 and 0.02. Two sweeps (the un-normalised Gaussian needs
-its own bandwidth, sigma^2 = d, and a sweep grid is a product):
+independently), out_dim 4, full-batch GD, eps = 1e-3 x initial loss, 10k steps, learning
+rates 0.1 and 0.02. Two sweeps (the un-normalised Gaussian needs its own bandwidth,
+sigma^2 = d, and a sweep grid is a product):
 
     python -m experiments.sweep --config=configs/ablation_q_only.py --workdir=runs/abl_q
     python -m experiments.sweep --config=configs/ablation_q_only.py \\
@@ -65,7 +66,7 @@ def get_config(arg=None):
     c.train.log_every = 100
     c.train.checkpoint_every = 10_000
     c.train.loss_threshold = 1e-3
-    c.train.stop_at_threshold = True
+    c.train.stop_at_threshold = False  # it stops at eps only (see the docstring)
     c.train.progress_bar = False
     if smoke:
         defaults.smoke(c)
