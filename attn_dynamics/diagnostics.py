@@ -36,12 +36,22 @@ def sigma_min(matrix: Array) -> Array:
     return jnp.where(rows > cols, 0.0, singular_values(matrix)[..., -1])
 
 
-def theory_quantities(params: dict, weights: Array, x: Array) -> dict[str, Array]:
-    """The theorems' quantities for one theory-model parameter set and its attention weights."""
+THEORY_MATRICES = ("query", "key", "value")
+
+
+def theory_quantities(
+    params: dict, weights: Array, x: Array, known: dict[str, Array] | None = None
+) -> dict[str, Array]:
+    """The theorems' quantities for one theory-model parameter set and its attention weights.
+
+    ``known`` maps matrix names (``THEORY_MATRICES``) to singular values already computed: a
+    frozen matrix never changes, so its SVD need not be redone at every logged step.
+    """
     attn = params["attention"]
-    s_q = singular_values(attn["query"]["kernel"])
-    s_k = singular_values(attn["key"]["kernel"])
-    s_v = singular_values(attn["value"]["kernel"])
+    known = known or {}
+    sv = {n: known[n] if n in known else singular_values(attn[n]["kernel"])
+          for n in THEORY_MATRICES}  # fmt: skip
+    s_q, s_k, s_v = sv["query"], sv["key"], sv["value"]
     return {
         "sigma_min_attention_output": sigma_min(attention_output_matrix(weights, x)),
         "sv_ratio_q_v": s_q[-1] / s_v[0],  # sigma_min(W_Q) / sigma_max(W_V)

@@ -326,11 +326,7 @@ def builtin_metrics(setup: Setup) -> tuple[hooks.Metric, ...]:
     out = []
     if isinstance(model, models.TheoryModel):
         theory = steps.make_theory_diagnostics(model)
-        out.append(
-            hooks.Metric(
-                "theory", config.train.log_every, lambda t, f, b: theory(freezing.merge(t, f), b)
-            )
-        )
+        out.append(hooks.Metric("theory", config.train.log_every, theory))
     if config.train.sharpness_every > 0:
         loss_fn = make_loss(model, setup.ds.info["task"])
         out.append(hooks.sharpness_metric(loss_fn, config.train.sharpness_every))

@@ -249,3 +249,33 @@ def test_encoder_bad_options_raise(kw, match, key):
 
 def test_kernel_registry_is_what_models_use():
     assert set(BUILTIN) <= set(kernels.names())
+
+
+def test_encoder_gradient_matches_finite_differences_with_dropout(rng, key):
+    """The LayerNorms and the MLP are recomputed in the backward pass (``nn.remat``): their
+    gradients, dropout included (the recomputation must draw the same mask), equal central
+    finite differences of the loss along a random direction, in float64."""
+    with jax.enable_x64(True):
+        tokens, valid = tokens_and_valid(rng)
+        labels = jnp.asarray(rng.integers(0, 3, size=3))
+        model = encoder(dropout_rate=0.3, dtype=jnp.float64)
+        params = jax.tree.map(lambda p: p.astype(jnp.float64), model.init(key, tokens, valid))
+        dropout = jax.random.fold_in(key, 1)
+
+        def loss(p, rng=dropout):  # in float64 (models.classification_loss is float32)
+            logits = model.apply(p, tokens, valid, train=True, rngs={"dropout": rng})
+            return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], -1))
+
+        leaves, treedef = jax.tree.flatten(params)
+        direction = jax.tree.unflatten(
+            treedef, [jnp.asarray(rng.normal(size=x.shape)) for x in leaves]
+        )
+        along = lambda t: loss(jax.tree.map(lambda p, d: p + t * d, params, direction))
+        eps = 1e-5
+        numeric = (along(eps) - along(-eps)) / (2 * eps)
+        grads = jax.grad(loss)(params)
+        pairs = zip(jax.tree.leaves(grads), jax.tree.leaves(direction), strict=True)
+        analytic = sum(jnp.vdot(g, d) for g, d in pairs)
+        np.testing.assert_allclose(analytic, numeric, rtol=1e-7)
+        # dropout is on: another mask gives another loss (the check above can fail)
+        assert not np.isclose(loss(params, key), loss(params))
