@@ -413,6 +413,16 @@ def main(argv: list[str] | None = None) -> None:
         record(args.section, summary)
 
 
+def _version(package: str) -> str:
+    """A package's installed version, without importing it (the driver never imports torch)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def render(args, rows, throughput, load_start, load_end) -> str:
     command = " ".join(
         [
@@ -444,7 +454,8 @@ def render(args, rows, throughput, load_start, load_end) -> str:
         f"step time on the same clock. Peak = the worker's peak RSS over one step with freed "
         f"memory returned to the OS; step = peak minus RSS just before the step; XLA temp = "
         f"the compiled step's temporary buffers (`memory_analysis`). Load average "
-        f"{load_start:.1f} at start, {load_end:.1f} at end, on {os.cpu_count()} CPUs.",
+        f"{load_start:.1f} at start, {load_end:.1f} at end, on {os.cpu_count()} CPUs; "
+        f"torch {_version('torch')}, jax {_version('jax')}.",
         "",
         "| length | kernel | program | wall s | CPU s | speed-up wall | speed-up CPU | GFLOP | "
         "floor % wall | floor % CPU | peak MiB | step MiB | XLA temp MiB | compile s |",
