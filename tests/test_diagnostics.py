@@ -171,3 +171,34 @@ def test_sharpness_is_the_top_eigenvalue_of_the_trained_block(rng, x64):
     else:
         assert block[-2] * (1 - 1e-9) <= float(lam) <= block[-1] * (1 + 1e-9)
     assert 0 < int(iters) <= 20000
+
+
+def test_runner_diagnostics_reuse_frozen_singular_values_exactly(rng):
+    """The runner computes the singular values of frozen matrices once: every logged step still
+    gets the figures of the parameters it is given, equal to computing all of them afresh."""
+    from attn_dynamics import freezing
+    from experiments import steps
+
+    model = models.TheoryModel(dim=6, out_dim=3)
+    x = jnp.asarray(rng.standard_normal((2, 3, 6)), jnp.float32)
+    keys = jax.random.split(jax.random.key(int(rng.integers(2**31))), 2)
+    params = jax.vmap(lambda k: model.init(k, x)["params"])(keys)  # two seeds
+    mask = freezing.trainable_mask(params, "V")
+    trainable, frozen = freezing.split(params, mask)
+    theory = steps.make_theory_diagnostics(model)
+
+    def afresh(p):
+        per_seed = []
+        for s in range(2):
+            one = jax.tree.map(lambda a, s=s: a[s], p)
+            w = model.apply({"params": one}, x, method=models.TheoryModel.attention_weights)
+            per_seed.append(diagnostics.theory_quantities(one, w, x))
+        return {k: np.stack([d[k] for d in per_seed]) for k in per_seed[0]}
+
+    for scale in (1.0, 3.0):  # the second call reuses the frozen SVDs; W_V has moved
+        moved = jax.tree.map(lambda v, scale=scale: v * scale, trainable)
+        got = theory(moved, frozen, {"inputs": x})
+        want = afresh(freezing.merge(moved, frozen))
+        for name, value in want.items():
+            np.testing.assert_allclose(got[name], value, rtol=1e-6, err_msg=name)
+    assert not np.allclose(got["sigma_max_v"], afresh(params)["sigma_max_v"])
