@@ -29,8 +29,7 @@ def shared_initializer(
     """``init`` drawn from a key of ``(seed, matrix)`` alone, ignoring the key it is given: under
     ``vmap`` over seeds every seed gets the same matrix (e.g. frozen W_K, W_V of one data draw
     shared by many seeds that each draw their own W_Q)."""
-    key = jax.random.fold_in(jax.random.key(seed), streams.SHARED_INIT)
-    key = jax.random.fold_in(key, "QKV".index(matrix))
+    key = streams.shared_key(seed, matrix)
     return lambda _, shape, dtype=jnp.float32: init(key, shape, dtype)
 
 

@@ -9,3 +9,12 @@ these same ids.
 INIT = 0  # parameter initialisation
 DROPOUT = 1  # dropout masks (folded in again with the step)
 SHARED_INIT = 2  # matrices every seed shares (model.shared_init), from model.shared_init_seed
+
+
+def shared_key(seed: int, matrix: str):
+    """The key of matrix ``'Q'``, ``'K'`` or ``'V'`` when every seed shares it
+    (``model.shared_init``): a function of ``seed`` (``model.shared_init_seed``) alone."""
+    import jax
+
+    key = jax.random.fold_in(jax.random.key(seed), SHARED_INIT)
+    return jax.random.fold_in(key, "QKV".index(matrix))

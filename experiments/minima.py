@@ -16,12 +16,13 @@ is) and the loss that minimum predicts, ``L - g^T H^-1 g / 2``. A seed is
   positive definite (smallest eigenvalue > ``eig x`` the largest magnitude), and the loss of
   that minimum is well above the global level (>= ``margin x`` the threshold);
 * otherwise ``saddle`` (stationary, Hessian not positive definite), ``moving`` (gradient or
-  Newton step too large: still descending or on a plateau), ``near_global`` (a minimum below
-  the margin) or ``diverged``.
+  Newton step too large: still descending or on a plateau), ``low_minimum`` (a minimum by the
+  first two checks whose loss lies between the threshold and the margin: sub-optimal, but not
+  well above the global level) or ``diverged``.
 
 For the figure of the analysis it also records loss slices through the highest stuck minimum
 of the run: along the line to the teacher's W_Q (a zero-loss point) and along the Hessian's
-softest eigen-direction.
+softest eigen-direction; for d = 1 the whole landscape (``scan``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import numpy as np
 
 from experiments import checkpointing, rundirs
 
-CLASSES = ("global", "stuck", "saddle", "moving", "near_global", "diverged")
+CLASSES = ("global", "stuck", "saddle", "moving", "low_minimum", "diverged")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +96,7 @@ def classify(point: dict, global_level: float, tol: Tolerances = Tolerances()) -
     if not (stationary and close):
         return "moving"
     minimum = min(point["loss"], point["model_min_loss"])
-    return "stuck" if minimum >= tol.margin * global_level else "near_global"
+    return "stuck" if minimum >= tol.margin * global_level else "low_minimum"
 
 
 def float64_loss(run_config: ml_collections.ConfigDict):
@@ -146,17 +147,26 @@ def line_slice(f, start: np.ndarray, end: np.ndarray, t: np.ndarray) -> np.ndarr
 
 def slices(loss, params, w: np.ndarray, teacher: np.ndarray, direction: np.ndarray) -> dict:
     """Loss along the line from ``w`` (t = 0) to the teacher's W_Q (t = 1), and along the
-    softest eigen-direction, scaled to the distance between the two (s in [-1, 1])."""
+    softest eigen-direction in units of the distance between the two (s in [-1/2, 1/2])."""
     f = query_loss(loss, params)
     t = np.linspace(-0.5, 1.5, 401)
-    s = np.linspace(-1.0, 1.0, 201)
+    s = np.linspace(-0.5, 0.5, 201)
     reach = np.linalg.norm(teacher - w) * np.asarray(direction)
     return {
         "t": t.tolist(),
         "loss_to_teacher": line_slice(f, w, teacher, t).tolist(),
         "s": s.tolist(),
-        "loss_softest": line_slice(f, w - reach, w + reach, 0.5 * (s + 1.0)).tolist(),
+        "loss_softest": line_slice(f, w - 0.5 * reach, w + 0.5 * reach, s + 0.5).tolist(),
     }
+
+
+def scan_1d(loss, params, w_all: np.ndarray, teacher: np.ndarray) -> dict:
+    """For d = 1 (W_Q a number) the whole landscape: the loss on a grid covering the teacher's
+    W_Q and every seed's final one."""
+    reach = max(4.0, 1.5 * float(np.max(np.abs(w_all))), 1.5 * float(np.max(np.abs(teacher))))
+    w = np.linspace(-reach, reach, 801)
+    f = query_loss(loss, params)
+    return {"w": w.tolist(), "loss": np.asarray(jax.vmap(f)(jnp.asarray(w[:, None]))).tolist()}
 
 
 def minima(run_dir: pathlib.Path, tol: Tolerances = Tolerances()) -> dict:
@@ -194,6 +204,8 @@ def minima(run_dir: pathlib.Path, tol: Tolerances = Tolerances()) -> dict:
             "counts": {c: sum(s["class"] == c for s in seeds) for c in CLASSES},
             "seeds": seeds,
         }
+        if w_all.shape[1] == 1:
+            out["scan"] = scan_1d(loss, first, w_all, teacher)
         stuck = [s for s in seeds if s["class"] == "stuck"]
         if stuck:  # the highest sub-optimal minimum: the clearest barrier to draw
             worst = max(stuck, key=lambda s: s["loss"])

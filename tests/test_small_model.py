@@ -144,7 +144,7 @@ def quadratic_point(rng, floor: float, definite: bool, offset: float):
         (100.0, True, 1e-6, "stuck"),  # at a minimum well above the global level
         (100.0, True, 0.5, "moving"),  # above it, still on the way down
         (100.0, False, 1e-6, "saddle"),  # stationary, one descent direction
-        (3.0, True, 1e-6, "near_global"),  # a minimum, but within the margin
+        (3.0, True, 1e-6, "low_minimum"),  # a minimum, but within the margin
         (0.5, True, 1e-9, "global"),  # at or below the global level
     ],
 )
@@ -204,7 +204,7 @@ def test_hessian_of_the_model_matches_finite_differences(rng):
     loss32 = float(train.make_loss(model, "regression")(params, batch, None)[0])
     with jax.enable_x64(True):
         w = np.asarray(params["attention"]["query"]["kernel"], np.float64).ravel()
-        value, grad, hess = minima.derivatives(loss64, params, jnp.asarray(w))
+        value, grad, hess = jax.jit(lambda v: minima.derivatives(loss64, params, v))(w)
         of_query = jax.jit(minima.query_loss(loss64, params))
         f = lambda v: float(of_query(jnp.asarray(v)))
         h, eye = 1e-4, np.eye(4)

@@ -111,25 +111,30 @@ def make_data(config) -> tuple[np.ndarray, np.ndarray]:
 
 
 def shared_teacher_targets(config, x: np.ndarray, options: dict) -> np.ndarray:
-    """Targets of the theory model whose W_K, W_V are the shared draws of ``data.seed`` (the
-    model class itself, so they are bit for bit the students'), with the teacher's W_Q."""
+    """Targets of the theory model whose W_K, W_V are the shared draws of ``data.seed`` (drawn
+    as :func:`attn_dynamics.models.shared_initializer` draws them for every student), with the
+    teacher's W_Q."""
     import jax
+    import jax.numpy as jnp
+    from flax import linen as nn
 
-    from attn_dynamics import models
-
-    teacher = models.TheoryModel(
-        dim=x.shape[-1],
-        out_dim=int(config.out_dim),
-        kernel=config.teacher_kernel,
-        kernel_options=options,
-        qk_init_scale=float(config.qk_init_scale),
-        v_init_scale=float(config.v_init_scale),
-        shared_init="KV",
-        shared_init_seed=int(config.seed),
+    dim, out = x.shape[-1], int(config.out_dim)
+    teacher = synthetic.theory_teacher(
+        dim=dim, out_dim=out, kernel=config.teacher_kernel, kernel_options=options
     )
-    params = jax.jit(teacher.init)(jax.random.key(0), x[:1])["params"]  # W_K, W_V: key-free
-    attention = dict(params["attention"], query={"kernel": teacher_query(config)})
-    y = jax.jit(teacher.apply)({"params": {**params, "attention": attention}}, x)
+
+    def draw(scale: float, matrix: str, shape: tuple) -> jax.Array:
+        init = nn.initializers.variance_scaling(scale**2, "fan_in", "normal")
+        key = streams.shared_key(int(config.seed), matrix)
+        # jitted, as the students' init is: an eager draw can differ in the last bit
+        return jax.jit(lambda k: init(k, shape, jnp.float32))(key)
+
+    attention = {
+        "query": {"kernel": teacher_query(config)},
+        "key": {"kernel": draw(float(config.qk_init_scale), "K", (dim, dim))},
+        "value": {"kernel": draw(float(config.v_init_scale), "V", (dim, out))},
+    }
+    y = jax.jit(teacher.apply)({"params": {"attention": attention}}, x)
     return np.asarray(y, np.float32)
 
 

@@ -19,7 +19,7 @@ from experiments.analyses import cells as cells_lib
 from experiments.analyses import plots, tables
 from experiments.analyses.cells import Outcomes, field_of
 
-CLASSES = ("global", "stuck", "saddle", "moving", "near_global", "diverged")  # minima.CLASSES
+CLASSES = ("global", "stuck", "saddle", "moving", "low_minimum", "diverged")  # minima's
 CRITERION = (
     "A seed is **global** when its final loss (float64, at the checkpoint) is at most "
     "`baseline_threshold` x the best constant predictor's loss (the run's baseline-relative "
@@ -28,7 +28,8 @@ CRITERION = (
     "Hessian w.r.t. W_Q positive definite (smallest eigenvalue > {eig:g} x the largest "
     "magnitude, float64) and the minimum's loss >= {margin:g} x the global threshold. The others: "
     "saddle (stationary, Hessian not positive definite), moving (gradient or Newton step too "
-    "large: still descending or on a plateau), near_global (a minimum below the margin), "
+    "large: still descending or on a plateau), low_minimum (a minimum by the first two checks "
+    "whose loss lies between the threshold and the margin: sub-optimal, not well above), "
     "diverged.\n\n"
 )
 
@@ -79,6 +80,8 @@ def frequency_row(kernel: str, dim: int, runs: list[Outcomes], measured: list[di
         np.array([s["relative_loss"] for s in stuck], float)
     )
     row.update(checks_of(stuck))
+    moving = np.array([s["relative_loss"] for s in seeds if s["class"] == "moving"], float)
+    row["moving loss / baseline: median [min, max]"] = tables.quantiles(moving)
     row["reached baseline criterion (summary.json)"] = f"{reached}/{len(seeds)}"
     return row
 
@@ -105,36 +108,67 @@ def slice_choice(groups: dict, kernel: str) -> tuple[int, Outcomes, dict] | None
     return None if best is None else best[1:]
 
 
-def slice_figure(chosen: dict[str, tuple[int, Outcomes, dict]], path: pathlib.Path) -> None:
-    """Per kernel: loss / baseline along the line from the stuck minimum (t = 0) to the
-    teacher's W_Q (t = 1, zero loss), and along the Hessian's softest direction."""
-    fig = Figure(figsize=(4.2 * max(len(chosen), 1), 6.4))
-    if not chosen:
-        fig.text(0.5, 0.5, "no stuck seed in any run", ha="center")
-        fig.savefig(path, dpi=90)
+CLASS_COLORS = {"global": "tab:green", "stuck": "tab:red", "low_minimum": "tab:orange"}
+
+
+def landscape_panel(ax, members: list[tuple[Outcomes, dict]]) -> None:
+    """d = 1: loss / baseline over W_Q per data draw, the teacher's W_Q dashed, and the final
+    W_Q of every seed as a tick coloured by its class (grey: the other classes)."""
+    for i, (run, m) in enumerate(members):
+        scan = m["scan"]
+        y = np.maximum(np.asarray(scan["loss"]) / m["baseline_loss"], 1e-16)
+        ax.plot(
+            scan["w"], y, color=plots.color(i), lw=1.2, label=f"draw {field_of(run, 'data.seed')}"
+        )
+        ax.axvline(m["teacher_w_q"][0], color=plots.color(i), lw=0.8, ls="--")
+        final = np.array([s["w_q"][0] for s in m["seeds"]])
+        colors = [CLASS_COLORS.get(s["class"], "gray") for s in m["seeds"]]
+        row = np.full(len(final), 0.03 + 0.05 * i)  # a rug per draw, in axes height
+        ax.scatter(final, row, marker="|", s=40, c=colors, transform=ax.get_xaxis_transform())
+    ax.set_yscale("log")
+    ax.set_xscale("symlog", linthresh=2.0)  # the basins near 0 linear, far-out seeds still shown
+    ax.set_xlabel("W_Q (d = 1, symlog); dashed: teacher; ticks: seeds' final W_Q", fontsize=8)
+    ax.legend(fontsize=7, loc="upper right")
+
+
+def slice_panel(ax, chosen, key: str, label: str) -> None:
+    """The loss / baseline along one of the recorded slices of the chosen stuck seed."""
+    if chosen is None:
+        ax.text(0.5, 0.5, "no stuck seed", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xticks([]), ax.set_yticks([])
         return
-    axes = fig.subplots(2, len(chosen), squeeze=False)
-    for col, (kernel, (dim, run, m)) in enumerate(chosen.items()):
-        sl, base, level = m["slice"], m["baseline_loss"], m["global_level"]
-        draw = field_of(run, "data.seed")
-        for row, (x, y, label) in enumerate(
-            (
-                (sl["t"], sl["loss_to_teacher"], "t: stuck W_Q (0) -> teacher's W_Q (1)"),
-                (sl["s"], sl["loss_softest"], "s: along the softest Hessian direction"),
-            )
-        ):
-            ax = axes[row, col]
-            ax.plot(x, np.maximum(np.asarray(y) / base, 1e-16), color=plots.color(col), lw=1.3)
-            ax.axhline(level / base, color="gray", lw=0.8, ls="--", label="global threshold")
-            ax.axvline(0.0, color="black", lw=0.6, ls=":")
-            if row == 0:
-                ax.axvline(1.0, color="tab:green", lw=0.6, ls=":")
-                ax.set_title(f"{kernel}, d={dim}, draw {draw}, seed {sl['seed']}", fontsize=9)
-            ax.set_yscale("log")
-            ax.set_xlabel(label, fontsize=8)
-            ax.set_ylabel("loss / baseline", fontsize=8)
-            ax.tick_params(labelsize=7)
-    axes[0, 0].legend(fontsize=7)
+    dim, run, m = chosen
+    sl = m["slice"]
+    x = sl["t"] if key == "loss_to_teacher" else sl["s"]
+    ax.plot(x, np.maximum(np.asarray(sl[key]) / m["baseline_loss"], 1e-16), color="tab:red")
+    ax.axhline(m["global_level"] / m["baseline_loss"], color="gray", lw=0.8, ls="--")
+    ax.axvline(0.0, color="black", lw=0.6, ls=":")
+    if key == "loss_to_teacher":
+        ax.axvline(1.0, color="tab:green", lw=0.6, ls=":")
+    draw = field_of(run, "data.seed")
+    ax.set_title(f"d={dim}, draw {draw}, seed {sl['seed']}", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xlabel(label, fontsize=8)
+
+
+def slice_figure(groups: dict, kernels: list[str], path: pathlib.Path) -> None:
+    """One column per kernel. Top: the d = 1 landscape. Middle: loss along the line from the
+    highest stuck minimum (t = 0) to the teacher's W_Q (t = 1, zero loss). Bottom: along the
+    Hessian's softest eigen-direction at that minimum (s = 0), scaled to the same distance."""
+    fig = Figure(figsize=(4.0 * len(kernels), 8.4))
+    axes = fig.subplots(3, len(kernels), squeeze=False)
+    for col, kernel in enumerate(kernels):
+        flat = [(r, m) for (k, d), ms in groups.items() if k == kernel and d == 1 for r, m in ms]
+        if flat and all("scan" in m for _, m in flat):
+            landscape_panel(axes[0, col], flat)
+        axes[0, col].set_title(kernel, fontsize=10)
+        chosen = slice_choice(groups, kernel)
+        slice_panel(axes[1, col], chosen, "loss_to_teacher", "t: stuck W_Q (0) -> teacher's (1)")
+        slice_panel(axes[2, col], chosen, "loss_softest", "s: softest Hessian direction")
+    for row in range(3):
+        axes[row, 0].set_ylabel("loss / baseline", fontsize=8)
+    for ax in axes.ravel():
+        ax.tick_params(labelsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 
@@ -167,13 +201,14 @@ def small_model(root: pathlib.Path) -> str:
     text += "\n## Per run (data draw)\n\n"
     text += tables.markdown([cell_row(r, m) for members in groups.values() for r, m in members])
     kernels = list(dict.fromkeys(k for k, _ in groups))
-    chosen = {k: c for k in kernels if (c := slice_choice(groups, k)) is not None}
-    slice_figure(chosen, root / "small_model_slice.png")
+    slice_figure(groups, kernels, root / "small_model_slice.png")
     text += (
-        "\n## A loss slice through a stuck minimum\n\nPer kernel, the run with the most stuck "
-        "seeds and in it the stuck seed of highest loss; top: along the line to the teacher's "
-        "W_Q (t = 1, zero loss), bottom: along the softest eigen-direction of the Hessian, "
-        "scaled to the same distance. Kernels without a stuck seed have no panel.\n\n"
-        "![loss slice](small_model_slice.png)\n"
+        "\n## Loss slices through stuck minima\n\nOne column per kernel. Top: for d = 1 the "
+        "whole landscape in W_Q per data draw (dashed: the teacher's W_Q; ticks: every seed's "
+        "final W_Q, green global, red stuck, orange low minimum). Middle and bottom: in the "
+        "kernel's run with the most stuck seeds, the stuck seed of highest loss: the loss along "
+        "the line to the teacher's W_Q (t = 1, zero loss) and along the softest eigen-direction "
+        "of its Hessian, scaled to the same distance; dashed: the global threshold.\n\n"
+        "![loss slices](small_model_slice.png)\n"
     )
     return tables.write(root, "small_model", text)
