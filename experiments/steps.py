@@ -183,8 +183,8 @@ def make_theory_diagnostics(model) -> Callable:
     known = []
 
     def theory(trainable, frozen, batch):
-        if not known:
-            known.append(of_frozen(frozen))
+        if not known:  # nothing frozen (e.g. QKV trained): nothing to reuse
+            known.append(of_frozen(frozen) if jax.tree_util.tree_leaves(frozen) else {})
         return diag(freezing.merge(trainable, frozen), batch["inputs"], known[0])
 
     return theory

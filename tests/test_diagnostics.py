@@ -173,7 +173,8 @@ def test_sharpness_is_the_top_eigenvalue_of_the_trained_block(rng, x64):
     assert 0 < int(iters) <= 20000
 
 
-def test_runner_diagnostics_reuse_frozen_singular_values_exactly(rng):
+@pytest.mark.parametrize("trainable_spec", ["V", "QKV"])  # QKV: nothing frozen, nothing reused
+def test_runner_diagnostics_reuse_frozen_singular_values_exactly(trainable_spec, rng):
     """The runner computes the singular values of frozen matrices once: every logged step still
     gets the figures of the parameters it is given, equal to computing all of them afresh."""
     from attn_dynamics import freezing
@@ -183,7 +184,7 @@ def test_runner_diagnostics_reuse_frozen_singular_values_exactly(rng):
     x = jnp.asarray(rng.standard_normal((2, 3, 6)), jnp.float32)
     keys = jax.random.split(jax.random.key(int(rng.integers(2**31))), 2)
     params = jax.vmap(lambda k: model.init(k, x)["params"])(keys)  # two seeds
-    mask = freezing.trainable_mask(params, "V")
+    mask = freezing.trainable_mask(params, trainable_spec)
     trainable, frozen = freezing.split(params, mask)
     theory = steps.make_theory_diagnostics(model)
 
