@@ -15,7 +15,7 @@ defined, and all seeds of a data draw train on the same problem in one compiled 
 
 Setting: n = 4 samples of N = 3 tokens, d in {1, 2, 4} (< nN = 12), out_dim 1, the teacher of
 the model's own kernel, kernels softmax, row-normalised Gaussian and un-normalised Gaussian
-(both sigma^2 = sqrt(d), the default), full-batch GD with a small step (lr 0.02) for 30k steps,
+(both sigma^2 = sqrt(d), the default), full-batch GD with a small step (lr 0.02) for 60k steps,
 128 seeds per cell, data draws 0 and 1. Then the stuck-seed classification, from the
 checkpoints (gradient, full Hessian w.r.t. W_Q in float64, loss vs the baseline):
 

@@ -44,8 +44,8 @@ CLASSES = ("global", "stuck", "saddle", "moving", "low_minimum", "diverged")
 class Tolerances:
     """What "near zero", "positive definite" and "well above" mean. The training runs in
     float32, whose gradient floor at a minimum is ~1e-7 x the loss scale (O(1) here), and GD
-    with lr 0.02 for 30k steps contracts a direction of curvature lambda by exp(-600 lambda):
-    ``grad`` 1e-4 accepts minima with lambda >= ~0.02; the Newton step makes "near zero" scale
+    with lr 0.02 for 60k steps contracts a direction of curvature lambda by exp(-1200 lambda):
+    ``grad`` 1e-4 accepts minima with lambda >= ~0.01; the Newton step makes "near zero" scale
     free (a seed creeping along a plateau of decaying curvature has a small gradient but a
     Newton step of order its decay length, 1e-2 rules it out); ``eig`` 1e-6 of the largest
     eigenvalue is far above float64 round-off (~1e-13) and below any curvature GD could
