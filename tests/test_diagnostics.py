@@ -201,5 +201,6 @@ def test_runner_diagnostics_reuse_frozen_singular_values_exactly(trainable_spec,
         got = theory(moved, frozen, {"inputs": x})
         want = afresh(freezing.merge(moved, frozen))
         for name, value in want.items():
-            np.testing.assert_allclose(got[name], value, rtol=1e-6, err_msg=name)
+            # float32 SVDs, vmapped and jitted vs one by one: float32-level absolute agreement
+            np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
     assert not np.allclose(got["sigma_max_v"], afresh(params)["sigma_max_v"])
