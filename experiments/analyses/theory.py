@@ -105,10 +105,11 @@ def q_only(root: pathlib.Path) -> str:
     )
     text = tables.header("Ablation: only W_Q trained, realisable targets", root, pooled)
     text += "## Outcome per kernel (seeds and draws pooled)\n\n" + OUTCOME_INTRO
-    text += (
-        "Each run stops once it reached eps; 'baseline unknown' counts seeds whose run stopped "
-        "before they met the baseline level (absent: none).\n\n"
-    )
+    if any(c.baseline_unknown.any() for c in pooled):
+        text += (
+            "'baseline unknown': seeds whose run stopped at eps (train.stop_at_threshold) "
+            "before they met the baseline level.\n\n"
+        )
     text += tables.markdown([tables.outcome_row(c) for c in pooled]) + tables.teacher_rows(pooled)
     text += (
         "\n## Stalled or oscillating?\n\nSeeds that missed eps, and those that missed the "
