@@ -74,7 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
     # > 0: each seed's learning rate is this x 2 / its sharpness at initialisation (the top
     # Hessian eigenvalue on the first batch); learning_rate then only sets the schedule's shape
     c.train.stable_step_fraction = 0.0
-    c.train.stop_at_threshold = False  # stop once every seed reached the threshold
+    c.train.stop_at_threshold = False  # stop once every seed met both criteria
     c.train.init_from = config_dict.placeholder(str)  # checkpoint dir to warm-start params from
     c.train.progress_bar = True
     c.train.deterministic_gpu = False  # --xla_gpu_deterministic_ops=true (opt-in, logged)

@@ -122,7 +122,10 @@ class SaveCheckpoint:
 
 @dataclasses.dataclass
 class StopAtThreshold:
-    """Stop once every live seed has reached the loss threshold (``train.stop_at_threshold``).
+    """Stop once every live seed has met both convergence criteria (``train.stop_at_threshold``):
+    the loss threshold relative to the initial loss and, where it is on (a finite level), the
+    baseline-relative one. Stopping at the first alone left the stricter baseline criterion
+    unknown for seeds that were still on their way to it.
 
     Checked after each logged step (``step % log_every == 0``), whose metrics the host reads
     anyway: checking every step would add a device-to-host sync per step. A run therefore
@@ -135,8 +138,14 @@ class StopAtThreshold:
         if (run.done - 1) % self.log_every:
             return
         o = gather(run.state.outcome)
-        if np.all((o["threshold_step"] >= 0) | ~o["alive"]):
+        if np.all(criteria_met(o, run.baseline) | ~o["alive"]):
             run.stop_reason = "threshold"
+
+
+def criteria_met(outcome: dict, baseline: np.ndarray) -> np.ndarray:
+    """Per seed: every convergence criterion that is on has been met (baseline NaN: off)."""
+    met = outcome["threshold_step"] >= 0
+    return np.where(np.isfinite(baseline), met & (outcome["baseline_step"] >= 0), met)
 
 
 def sharpness_metric(loss_fn: Callable, every: int, num_iters: int = 20) -> Metric:

@@ -128,3 +128,14 @@ def test_stable_step_gives_each_seed_fraction_of_two_over_its_sharpness(tmp_path
         again["seeds"][0]["final_loss"], summary["seeds"][1]["final_loss"], rtol=1e-5
     )
     assert build.stable_step_scale(jnp.asarray([0.0, np.nan]), 0.5, 0.1).tolist() == [1.0, 1.0]
+
+
+def test_stop_at_threshold_waits_for_the_baseline_criterion_where_it_is_on():
+    from experiments.hooks import criteria_met
+
+    outcome = {
+        "threshold_step": np.array([5, 5, 5, -1]),
+        "baseline_step": np.array([9, -1, -1, -1]),
+    }
+    on = np.array([0.1, 0.1, np.nan, np.nan])  # seeds 2 and 3: baseline criterion off
+    np.testing.assert_array_equal(criteria_met(outcome, on), [True, False, True, False])
