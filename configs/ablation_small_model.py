@@ -49,15 +49,9 @@ def get_config(arg=None):
     c.data = data.default_config("student_teacher_regression")
     c.data.num_samples = 4
     c.data.seq_len = 3
-    c.data.dim = c.model.get_ref("dim")
-    c.data.out_dim = c.model.get_ref("out_dim")
-    c.data.student_seeds = c.get_ref("seeds")
+    defaults.link_student_teacher(c)
     c.data.teacher_kv = "shared"
     c.model.shared_init_seed = c.data.get_ref("seed").identity()  # W_K, W_V of the data draw
-    c.data.teacher_kernel = c.model.get_ref("kernel").identity()  # setting it leaves the model
-    c.data.teacher_sigma2 = c.model.get_ref("sigma2").identity()
-    c.data.qk_init_scale = c.model.get_ref("qk_init_scale")
-    c.data.v_init_scale = c.model.get_ref("v_init_scale")
     c.data.teacher_q_scale = 1.0  # the global W_Q: another draw of the init distribution
     c.train.trainable = "Q"
     c.train.optimizer = "gd"

@@ -106,6 +106,21 @@ def synthetic_regression_config(model: ml_collections.ConfigDict) -> ml_collecti
     return d
 
 
+def link_student_teacher(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``c.data`` (a ``student_teacher_regression`` config) made to follow the run: the fields the
+    teacher rebuilds the student from are references to the model's and to ``c.seeds``; the
+    teacher's kernel and bandwidth derived ones (setting them leaves the model alone)."""
+    d, m = c.data, c.model
+    d.dim = m.get_ref("dim")
+    d.out_dim = m.get_ref("out_dim")
+    d.student_seeds = c.get_ref("seeds")
+    d.teacher_kernel = m.get_ref("kernel").identity()
+    d.teacher_sigma2 = m.get_ref("sigma2").identity()
+    d.qk_init_scale = m.get_ref("qk_init_scale")
+    d.v_init_scale = m.get_ref("v_init_scale")
+    return c
+
+
 def floater_config() -> ml_collections.ConfigDict:
     """FLOATER (neural-ODE position encoding); used when model.position == 'floater'."""
     f = ml_collections.ConfigDict()
