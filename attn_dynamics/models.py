@@ -104,7 +104,9 @@ def recomputed(fn: Callable) -> Callable:
     For the elementwise chains of GELU and LayerNorm: autodiff would keep every intermediate
     (six ``[B, T, mlp_dim]`` arrays for tanh-GELU, four ``[B, T, d]`` for LayerNorm), which was
     most of an encoder step's memory; recomputing them from the input is a few cheap passes
-    that XLA fuses into the backward kernels that read that input anyway.
+    that XLA fuses into the backward kernels that read that input anyway. Inside the rematted
+    MLP it still pays: the MLP's own recomputation would otherwise hold GELU's intermediates
+    during its backward (XLA temporaries at length 1024: 349 MiB with it, 381 without).
     """
     return jax.checkpoint(fn)
 
