@@ -118,7 +118,8 @@ def test_stable_step_gives_each_seed_fraction_of_two_over_its_sharpness(tmp_path
     for i, record in enumerate(summary["seeds"]):
         phi = phi_float64(jax.tree.map(lambda leaf, i=i: np.asarray(leaf[i]), params), x)
         top = np.linalg.svd(phi, compute_uv=False)[0] ** 2 / n
-        np.testing.assert_allclose(record["learning_rate"], 0.8 * 2 / top, rtol=1e-2)  # power iteration on a fresh draw: close eigenvalues converge slowly
+        # a power-iteration estimate: on a fresh draw close top eigenvalues converge slowly
+        np.testing.assert_allclose(record["learning_rate"], 0.8 * 2 / top, rtol=1e-2)
 
     plain = c.copy_and_resolve_references()
     plain.seeds, plain.train.stable_step_fraction = (11,), 0.0
