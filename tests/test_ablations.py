@@ -408,6 +408,9 @@ def test_real_task_kernels_analysis(smoke_runs, kind):
         finals = [s["final_loss"] for s in raw(root / row["cell"], "summary.json")["seeds"]]
         mean = float(row["final train loss (mean ± std)"].split(" ± ")[0])
         assert mean == pytest.approx(np.mean(finals), abs=5e-4)
+        for split, figures in raw(root / row["cell"], "summary.json")["evaluation"].items():
+            per_seed = [float(a) for a in row[f"{split} accuracy per seed"].split(", ")]
+            assert per_seed == pytest.approx(figures["accuracy"], abs=5e-4)
 
 
 def test_extrapolation_analysis(smoke_runs):

@@ -56,6 +56,9 @@ def kernels_row(c: Outcomes) -> dict:
     for split, figures in c.summary.get("evaluation", {}).items():
         if "accuracy" in figures:
             row[f"{split} accuracy"] = mean_std(figures["accuracy"])
+            row[f"{split} accuracy per seed"] = ", ".join(
+                f"{a:.3f}" for a in np.atleast_1d(figures["accuracy"])
+            )
     row["wall s"] = tables.fmt(float(c.summary.get("wall_seconds", float("nan"))), 3)
     return row
 
