@@ -24,6 +24,7 @@ that times a 2048^3 ``jnp.dot`` in turn with the others. ``floor %`` = floor tim
     pip install -e ".[bench]"                       # torch: only this benchmark imports it
     python -m benchmarks.step                       # both lengths, softmax and Gaussian
     python -m benchmarks.step --lengths 256 --kernels softmax --repeats 3 --no-record
+    python -m benchmarks.step --host-devices 2      # + the step data-parallel over 2 devices
 """
 
 from __future__ import annotations
@@ -72,11 +73,15 @@ def reset_peak_rss() -> None:
 # Workers: each builds one program, then runs one step per "step" line on stdin.
 
 
-def jax_program(length: int, kernel: str, implementation: str):
+def jax_program(length: int, kernel: str, implementation: str, host_devices: int = 1):
+    """The jitted step; with ``host_devices > 1`` (the worker was started with that many XLA
+    host devices) the batch is split over a ``data`` mesh axis, parameters replicated, as the
+    runner does with ``mesh.data``: one XLA program per device, each on its own core."""
     import jax
     import jax.numpy as jnp
     import numpy as np
     import optax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     from attn_dynamics import models
     from experiments import train
@@ -98,7 +103,10 @@ def jax_program(length: int, kernel: str, implementation: str):
         "valid": jnp.ones((BATCH, length), bool),
         "labels": jnp.asarray(rng.integers(0, CLASSES, BATCH), jnp.int32),
     }
+    mesh = Mesh(np.array(jax.devices()[:host_devices]), ("data",))
+    batch = jax.device_put(batch, NamedSharding(mesh, PartitionSpec("data")))
     params = jax.jit(model.init)(jax.random.key(0), batch["inputs"], batch["valid"])["params"]
+    params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
     tx = optax.adam(1e-3)
     loss_fn = train.make_loss(model, "classification")
 
@@ -237,7 +245,9 @@ def release_freed_memory() -> None:
 
 def worker(spec: dict) -> None:
     if spec["program"] == "jax":
-        run, info = jax_program(spec["length"], spec["kernel"], spec["implementation"])
+        run, info = jax_program(
+            spec["length"], spec["kernel"], spec["implementation"], spec.get("host_devices", 1)
+        )
     elif spec["program"] == "torch":
         run, info = torch_program(spec["length"], spec["kernel"], spec["attention"])
     else:
@@ -270,6 +280,9 @@ def worker(spec: dict) -> None:
 class Worker:
     def __init__(self, spec: dict):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_root(), _pythonpath()])))
+        if spec.get("host_devices", 1) > 1:
+            flag = f"--xla_force_host_platform_device_count={spec['host_devices']}"
+            env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}".strip()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.step", "--worker", json.dumps(spec)],
             stdin=subprocess.PIPE,
@@ -327,7 +340,9 @@ def run_round_robin(specs: list[dict], repeats: int) -> list[Worker]:
 
 def label(spec: dict) -> str:
     if spec["program"] == "jax":
-        return f"attn-dynamics ({spec['implementation']})"
+        devices = spec.get("host_devices", 1)
+        on = f", {devices} host devices" if devices > 1 else ""
+        return f"attn-dynamics ({spec['implementation']}{on})"
     return f"torch eager ({spec['attention']})"
 
 
@@ -342,6 +357,13 @@ def main(argv: list[str] | None = None) -> None:
         help="this project's attention paths to time ('explicit' was the CPU default before)",
     )
     parser.add_argument("--torch", nargs="+", default=["eager", "sdpa"], choices=["eager", "sdpa"])
+    parser.add_argument(
+        "--host-devices",
+        type=int,
+        default=1,
+        help="also time each implementation data-parallel over this many XLA host devices "
+        "(XLA_FLAGS=--xla_force_host_platform_device_count=N, the batch split over them)",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-record", action="store_true", help="print only")
     parser.add_argument("--section", default="step (cpu)", help="RESULTS.md section to write")
@@ -352,6 +374,8 @@ def main(argv: list[str] | None = None) -> None:
     for kernel in args.kernels:
         if kernel not in ("softmax", "gaussian"):
             parser.error(f"unknown kernel {kernel!r}; valid: ['gaussian', 'softmax']")
+    if args.host_devices < 1 or BATCH % args.host_devices:
+        parser.error(f"--host-devices {args.host_devices}: must divide the batch of {BATCH}")
     if not args.torch:
         parser.error("--torch needs at least one of ['eager', 'sdpa'] (the reference)")
 
@@ -368,6 +392,17 @@ def main(argv: list[str] | None = None) -> None:
                 {"program": "jax", "length": length, "kernel": kernel, "implementation": i}
                 for i in args.implementations
             ]
+            if args.host_devices > 1:
+                specs += [
+                    {
+                        "program": "jax",
+                        "length": length,
+                        "kernel": kernel,
+                        "implementation": i,
+                        "host_devices": args.host_devices,
+                    }
+                    for i in args.implementations
+                ]
             matmul, *programs = run_round_robin(specs, args.repeats)
             # GFLOP per wall second, and per CPU second times the cores (what all cores would
             # do if this process had them to itself): the floor on each clock
@@ -435,6 +470,7 @@ def render(args, rows, throughput, load_start, load_end) -> str:
             *args.implementations,
             "--torch",
             *args.torch,
+            *(["--host-devices", str(args.host_devices)] if args.host_devices > 1 else []),
             "--repeats",
             str(args.repeats),
             *(["--section", f"'{args.section}'"] if args.section != "step (cpu)" else []),
