@@ -246,7 +246,7 @@ def release_freed_memory() -> None:
 def worker(spec: dict) -> None:
     if spec["program"] == "jax":
         run, info = jax_program(
-            spec["length"], spec["kernel"], spec["implementation"], spec.get("host_devices", 1)
+            spec["length"], spec["kernel"], spec["implementation"], spec["host_devices"]
         )
     elif spec["program"] == "torch":
         run, info = torch_program(spec["length"], spec["kernel"], spec["attention"])
@@ -340,7 +340,7 @@ def run_round_robin(specs: list[dict], repeats: int) -> list[Worker]:
 
 def label(spec: dict) -> str:
     if spec["program"] == "jax":
-        devices = spec.get("host_devices", 1)
+        devices = spec["host_devices"]
         on = f", {devices} host devices" if devices > 1 else ""
         return f"attn-dynamics ({spec['implementation']}{on})"
     return f"torch eager ({spec['attention']})"
@@ -389,20 +389,16 @@ def main(argv: list[str] | None = None) -> None:
                 for a in args.torch
             ]
             specs += [
-                {"program": "jax", "length": length, "kernel": kernel, "implementation": i}
+                {
+                    "program": "jax",
+                    "length": length,
+                    "kernel": kernel,
+                    "implementation": i,
+                    "host_devices": devices,
+                }
+                for devices in sorted({1, args.host_devices})
                 for i in args.implementations
             ]
-            if args.host_devices > 1:
-                specs += [
-                    {
-                        "program": "jax",
-                        "length": length,
-                        "kernel": kernel,
-                        "implementation": i,
-                        "host_devices": args.host_devices,
-                    }
-                    for i in args.implementations
-                ]
             matmul, *programs = run_round_robin(specs, args.repeats)
             # GFLOP per wall second, and per CPU second times the cores (what all cores would
             # do if this process had them to itself): the floor on each clock

@@ -405,10 +405,11 @@ def test_real_task_kernels_analysis(smoke_runs, kind):
     assert (root / "kernels.png").stat().st_size > 0
     assert check_accuracy_columns(root, text, lambda split: f"{split} accuracy") >= 1
     for row in table(text):
-        finals = [s["final_loss"] for s in raw(root / row["cell"], "summary.json")["seeds"]]
+        summary = raw(root / row["cell"], "summary.json")
+        finals = [s["final_loss"] for s in summary["seeds"]]
         mean = float(row["final train loss (mean ± std)"].split(" ± ")[0])
         assert mean == pytest.approx(np.mean(finals), abs=5e-4)
-        for split, figures in raw(root / row["cell"], "summary.json")["evaluation"].items():
+        for split, figures in summary["evaluation"].items():
             per_seed = [float(a) for a in row[f"{split} accuracy per seed"].split(", ")]
             assert per_seed == pytest.approx(figures["accuracy"], abs=5e-4)
 
