@@ -158,7 +158,7 @@ def _attention_bwd(block_q, block_k, residuals, d_out):
         mask_i = _mask_of(mask, mask_i)
 
         def key_block(j, carry):
-            dq_i, dk, dv = carry
+            dq_t, dk, dv = carry
             kj, vj = _key_slice(k, j, block_k), _key_slice(v, j, block_k)
             # Scores transposed, [N, bk, bq]: then dK and dV are plain matmuls of them and only
             # dQ contracts over the first axis (a transposed operand costs XLA's CPU dot ~2x).
@@ -169,11 +169,13 @@ def _attention_bwd(block_q, block_k, residuals, d_out):
             p = jnp.exp(s - lse_i[:, None, :])
             dp = jnp.einsum("nkd,nqd->nkq", vj, d_out_i)
             ds = p * (dp - delta_i[:, None, :])
-            dq_i = dq_i + jnp.einsum("nkq,nkd->nqd", ds, kj)
+            # dQ^T = K^T dS, [N, d, bq]: as dQ = dS^T K the dot would contract the first axis of
+            # both operands, which XLA's CPU dot runs ~3x slower (benchmarks/RESULTS.md)
+            dq_t = dq_t + jnp.einsum("nkd,nkq->ndq", kj, ds)
             dk_j = jnp.einsum("nkq,nqd->nkd", ds, qi)
             dv_j = jnp.einsum("nkq,nqd->nkd", p, d_out_i)
             if num_k == 1:
-                return dq_i, dk + dk_j, dv + dv_j
+                return dq_t, dk + dk_j, dv + dv_j
             start = j * block_k
             dk = lax.dynamic_update_slice_in_dim(
                 dk, _key_slice(dk, j, block_k) + dk_j, start, axis=1
@@ -181,13 +183,13 @@ def _attention_bwd(block_q, block_k, residuals, d_out):
             dv = lax.dynamic_update_slice_in_dim(
                 dv, _key_slice(dv, j, block_k) + dv_j, start, axis=1
             )
-            return dq_i, dk, dv
+            return dq_t, dk, dv
 
-        init = (jnp.zeros_like(qi), dk, dv)
-        dq_i, dk, dv = (
+        init = (jnp.zeros_like(jnp.swapaxes(qi, -1, -2)), dk, dv)
+        dq_t, dk, dv = (
             key_block(0, init) if num_k == 1 else lax.fori_loop(0, num_k, key_block, init)
         )
-        return (dk, dv), dq_i
+        return (dk, dv), dq_t
 
     xs = (
         _blocks(q, block_q),
@@ -196,8 +198,9 @@ def _attention_bwd(block_q, block_k, residuals, d_out):
         _blocks(delta, block_q),
         _query_blocks(mask, block_q),
     )
-    (dk, dv), dq = lax.scan(query_block, (jnp.zeros_like(k), jnp.zeros_like(v)), xs)
-    return _unblocks(dq), dk, dv, None
+    (dk, dv), dq_t = lax.scan(query_block, (jnp.zeros_like(k), jnp.zeros_like(v)), xs)
+    # transposed back outside the loop, where XLA cannot fold it into the dot
+    return _unblocks(jnp.swapaxes(dq_t, -1, -2)), dk, dv, None
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
