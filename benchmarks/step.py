@@ -10,8 +10,8 @@ as matmul, softmax, matmul (the Gaussian as its softmax form with the key-norm b
 calls ``F.scaled_dot_product_attention`` (the Gaussian's bias as a float mask).
 
 Every program runs in its own worker process (so peak resident memory is separable) and the
-workers take turns, one step each, ``--repeats`` rounds (so load from other processes hits all
-of them alike). Per step: wall and CPU time (``time.process_time``, all threads of the worker).
+workers take turns, ``--repeats`` rounds (so load from other processes hits all of them alike);
+a turn is one untimed step, then ``BURST`` steps back to back whose mean is the turn's time. Per step: wall and CPU time (``time.process_time``, all threads of the worker).
 Memory: the worker resets its resident-set high-water mark after warm-up (Linux
 ``/proc/self/clear_refs``) and reads ``VmHWM`` after the timed steps: the peak RSS of the
 process while stepping (parameters, optimiser state, batch and the step's temporaries); the
@@ -24,7 +24,7 @@ that times a 2048^3 ``jnp.dot`` in turn with the others. ``floor %`` = floor tim
     pip install -e ".[bench]"                       # torch: only this benchmark imports it
     python -m benchmarks.step                       # both lengths, softmax and Gaussian
     python -m benchmarks.step --lengths 256 --kernels softmax --repeats 3 --no-record
-    python -m benchmarks.step --host-devices 2      # + the step data-parallel over 2 devices
+    python -m benchmarks.step --host-devices 1 2 4  # the step data-parallel over 1, 2, 4 devices
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ import time
 
 BATCH, LAYERS, EMBED, MLP, HEADS, VOCAB, CLASSES = 32, 2, 64, 128, 2, 257, 2
 MATMUL_SIZE = 2048
+PAUSE_S = 0.5  # between two workers' turns
+BURST = 3  # timed steps per turn, after one untimed
 
 
 def step_flops(batch: int, length: int) -> float:
@@ -258,9 +260,13 @@ def worker(spec: dict) -> None:
     for line in sys.stdin:
         if line.strip() != "step":
             break
-        wall, cpu = time.perf_counter(), time.process_time()
+        # A turn is a burst of steps, timed after its first: training runs steps back to back,
+        # and a step that starts from idle pays for waking every thread pool (up to 1.7x)
         run()
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(BURST):
+            run()
+        wall, cpu = (time.perf_counter() - wall) / BURST, (time.process_time() - cpu) / BURST
         print(json.dumps({"wall": wall, "cpu": cpu}), flush=True)
     # Memory, after the timed steps (the malloc settings below would slow steps down)
     release_freed_memory()
@@ -325,13 +331,16 @@ def _pythonpath() -> str:
 
 
 def run_round_robin(specs: list[dict], repeats: int) -> list[Worker]:
-    """Start the workers one at a time (compilation alone), then step them in turn."""
+    """Start the workers one at a time (compilation alone), then step them in turn, with a pause
+    before each step: OpenMP's and XLA's worker threads spin for a while after their work, and
+    without the pause the previous worker's spinning would take the cores from the next one."""
     workers = []
     for spec in specs:
         workers.append(Worker(spec))
         workers[-1].ready()
     for _ in range(repeats):
         for w in workers:
+            time.sleep(PAUSE_S)
             w.step()
     for w in workers:
         w.finish()
@@ -360,9 +369,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--host-devices",
         type=int,
-        default=1,
-        help="also time each implementation data-parallel over this many XLA host devices "
-        "(XLA_FLAGS=--xla_force_host_platform_device_count=N, the batch split over them)",
+        nargs="+",
+        default=[1],
+        help="time each implementation data-parallel over each of these numbers of XLA host "
+        "devices (XLA_FLAGS=--xla_force_host_platform_device_count=N, the batch split over them)",
     )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-record", action="store_true", help="print only")
@@ -374,8 +384,9 @@ def main(argv: list[str] | None = None) -> None:
     for kernel in args.kernels:
         if kernel not in ("softmax", "gaussian"):
             parser.error(f"unknown kernel {kernel!r}; valid: ['gaussian', 'softmax']")
-    if args.host_devices < 1 or BATCH % args.host_devices:
-        parser.error(f"--host-devices {args.host_devices}: must divide the batch of {BATCH}")
+    for devices in args.host_devices:
+        if devices < 1 or BATCH % devices:
+            parser.error(f"--host-devices {devices}: must divide the batch of {BATCH}")
     if not args.torch:
         parser.error("--torch needs at least one of ['eager', 'sdpa'] (the reference)")
 
@@ -396,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
                     "implementation": i,
                     "host_devices": devices,
                 }
-                for devices in sorted({1, args.host_devices})
+                for devices in sorted(set(args.host_devices))
                 for i in args.implementations
             ]
             matmul, *programs = run_round_robin(specs, args.repeats)
@@ -466,7 +477,7 @@ def render(args, rows, throughput, load_start, load_end) -> str:
             *args.implementations,
             "--torch",
             *args.torch,
-            *(["--host-devices", str(args.host_devices)] if args.host_devices > 1 else []),
+            *(["--host-devices", *map(str, args.host_devices)] if args.host_devices != [1] else []),
             "--repeats",
             str(args.repeats),
             *(["--section", f"'{args.section}'"] if args.section != "step (cpu)" else []),
@@ -478,7 +489,7 @@ def render(args, rows, throughput, load_start, load_end) -> str:
         "",
         f"Batch {BATCH}, {LAYERS} layers, embed {EMBED}, MLP {MLP}, {HEADS} heads, float32; one "
         f"training step (forward, backward, Adam). Medians of {args.repeats} interleaved rounds "
-        f"(each program in its own process, one step each per round). Speed-up = the first "
+        f"(each program in its own process; a turn = 1 untimed + {BURST} timed steps back to back). Speed-up = the first "
         f"torch row's time / this row's, on the wall clock and on CPU time. Floor = analytic "
         f"matmul GFLOP / the {MATMUL_SIZE}^3 float32 `jnp.dot` throughput measured in the same "
         f"rounds: {mm_wall:.0f} GFLOP/s on the wall clock, {mm_cpu:.0f} GFLOP/s per CPU-second "
