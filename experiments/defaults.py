@@ -83,6 +83,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict()
     c.mesh.seeds = 0
     c.mesh.data = 0
+    # CPU: split each core into this many XLA devices, which the mesh then runs side by side
+    # (XLA runs small ops on one thread each: experiments/cpu_devices.py); 0: one CPU device
+    c.mesh.cpu_devices_per_core = 0
     return c
 
 
@@ -146,6 +149,7 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 10
     c.train.progress_bar = False
     c.seeds = tuple(c.seeds[:2])
+    c.mesh.cpu_devices_per_core = 0  # seconds of work: compiling for more devices costs more
     if c.model.name == "encoder":
         c.model.num_layers = min(c.model.num_layers, 2)
         c.model.embed_dim = 16

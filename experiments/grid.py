@@ -43,11 +43,11 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
-from experiments import rundirs
+from experiments import cpu_devices, rundirs
 
 FINISHED = ("done", "diverged")
 # Fields that do not change what a run computes: a finished cell is still finished.
-COSMETIC_FIELDS = ("train.progress_bar",)
+COSMETIC_FIELDS = ("train.progress_bar", "mesh.cpu_devices_per_core")
 _NAME_LIMIT = 200  # bytes; file systems allow 255 per path component
 
 
@@ -274,7 +274,9 @@ def write_index(root: pathlib.Path, axes: Mapping, grid: list[dict]) -> None:
 
 
 def run_cell(config, workdir: str) -> dict:
-    """Train one cell; returns its summary. JAX is imported here, after the environment."""
+    """Train one cell; returns its summary. JAX is imported here, after the environment (and
+    the CPU devices for this worker's cores, if the cell's config asks for them)."""
+    cpu_devices.configure(config.mesh.get("cpu_devices_per_core", 0))
     from experiments import train
 
     return train.train_and_evaluate(config, workdir)

@@ -38,7 +38,7 @@ import ml_collections
 import numpy as np
 
 from attn_dynamics import data, freezing, models
-from experiments import checkpointing, hooks, logs, sharding, steps, validation
+from experiments import checkpointing, cpu_devices, hooks, logs, sharding, steps, validation
 from experiments.build import (  # noqa: F401 -- the runner's public building blocks
     DROPOUT_STREAM,
     INIT_STREAM,
@@ -96,6 +96,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
         build_optimizer(t)
     except ValueError as e:
         raise ConfigError(f"config.train: {e}") from None
+
+
+def warn_if_cpu_devices_missed(per_core: int) -> None:
+    """The config asked for several CPU devices but JAX's CPU backend had already started
+    with one (a notebook, a script that computed before training): say how to get them."""
+    if per_core and jax.default_backend() == "cpu" and jax.local_device_count() == 1:
+        count = per_core * cpu_devices.available_cores()
+        if count > 1:
+            logging.warning(
+                "config.mesh.cpu_devices_per_core=%d: JAX's CPU backend started before it could "
+                "apply, so this run has 1 CPU device; set XLA_FLAGS=%s=%d before importing jax "
+                "(experiments.run does)",
+                per_core,
+                cpu_devices.COUNT_FLAG,
+                count,
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,6 +243,7 @@ def _run(setup: Setup, path: pathlib.Path, stop, user_hooks, user_metrics) -> di
         logs.setup_logging(path)
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it writes
     logging.info("jax %s on %s; mesh %s", jax.__version__, jax.devices(), dict(setup.mesh.shape))
+    warn_if_cpu_devices_missed(config.mesh.get("cpu_devices_per_core", 0))
 
     seeds = tuple(config.seeds)
     state, frozen, trainable0 = initial_state(setup)

@@ -168,6 +168,7 @@ def validate(config) -> None:
     check_model(config)
     check_data(config.data)
     check_train(config.train)
+    check_mesh(config.get("mesh"))
     if config.data.get("name") == "student_teacher_regression":
         check_student_teacher(config)
 
@@ -323,6 +324,14 @@ def check_student_teacher(config) -> None:
             "config.data.teacher_kv='seed' copies one seed's own; valid: teacher_kv='shared' "
             "(with shared_init 'KV'), or shared_init without K and V"
         )
+
+
+def check_mesh(m) -> None:
+    if m is None:
+        return
+    for field in ("seeds", "data", "cpu_devices_per_core"):
+        if field in m:
+            _int(f"mesh.{field}", m[field], minimum=0)
 
 
 def check_train(t) -> None:

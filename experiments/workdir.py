@@ -18,7 +18,12 @@ from collections.abc import Iterator
 from experiments.rundirs import flatten
 
 # Fields that may differ when an existing workdir is resumed (they do not change the run).
-RESUMABLE_CHANGES = ("train.num_steps", "train.progress_bar", "train.stop_at_threshold")
+RESUMABLE_CHANGES = (
+    "train.num_steps",
+    "train.progress_bar",
+    "train.stop_at_threshold",
+    "mesh.cpu_devices_per_core",  # a layout: the checkpoint is laid out on the new mesh
+)
 # Fields added since runs were first written, with the value that behaves as before they
 # existed: a run directory whose config.json lacks one resumes when the field has that value.
 ADDED_FIELDS = {
@@ -27,6 +32,7 @@ ADDED_FIELDS = {
     "model.shared_init": "",
     "model.shared_init_seed": 0,
     "data.teacher_kv": "seed",
+    "mesh.cpu_devices_per_core": 0,
 }
 
 

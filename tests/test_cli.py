@@ -381,6 +381,10 @@ REJECTED = {  # case: (config, words of the message)
     "negative sigma2": (lambda: qk_frozen(model__sigma2=-1.0), ["sigma2", "-1.0"]),
     "infinite clip norm": (lambda: qk_frozen(train__grad_clip_norm=math.inf), ["grad_clip_norm"]),
     "optimizer not a string": (lambda: qk_frozen(train__optimizer=None), ["optimizer", "None"]),
+    "negative cpu devices": (
+        lambda: order_task(mesh__cpu_devices_per_core=-1),
+        ["mesh.cpu_devices_per_core", ">= 0", "-1"],
+    ),
 }
 
 

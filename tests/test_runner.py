@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import pathlib
 import signal
@@ -15,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import sweep, train
+from experiments import cpu_devices, sweep, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 THEORY_CONFIGS = ["qk_frozen", "qkv_trained", "v_only", "q_only"]
@@ -164,26 +165,35 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
     assert saved == [summary["final_step"]] and summary["final_step"] > 0
 
 
-def test_eight_simulated_devices_match_one(tmp_path):
+def test_cpu_devices_per_core_splits_the_host_and_matches_one_device(tmp_path):
+    """``config.mesh.cpu_devices_per_core=4``: experiments.run asks XLA for 4 CPU devices per
+    core before JAX starts, the mesh spreads seeds and batch over them, and the losses are
+    those of one device."""
     args = [
         "--config=configs/qkv_trained.py:smoke",
         "--config.data.num_samples=8",
         "--config.seeds=(0,1)",
     ]
     one = cli(*args, f"--workdir={tmp_path / 'one'}")
-    eight = cli(
-        *args,
-        f"--workdir={tmp_path / 'eight'}",
-        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
-    )
-    assert one.returncode == 0 and eight.returncode == 0, (one.stderr + eight.stderr)[-3000:]
+    split = cli(*args, "--config.mesh.cpu_devices_per_core=4", f"--workdir={tmp_path / 'split'}")
+    assert one.returncode == 0 and split.returncode == 0, (one.stderr + split.stderr)[-3000:]
     s1 = json.loads((tmp_path / "one" / "summary.json").read_text())
-    s8 = json.loads((tmp_path / "eight" / "summary.json").read_text())
-    assert len(s8["environment"]["devices"]) == 8
-    for a, b in zip(records(tmp_path / "one"), records(tmp_path / "eight"), strict=True):
+    s8 = json.loads((tmp_path / "split" / "summary.json").read_text())
+    devices = 4 * cpu_devices.available_cores()
+    assert len(s1["environment"]["devices"]) == 1
+    assert len(s8["environment"]["devices"]) == devices
+    assert s8["mesh"] == {"seeds": 2, "data": math.gcd(devices // 2, 8)}
+    for a, b in zip(records(tmp_path / "one"), records(tmp_path / "split"), strict=True):
         if not a.get("eval"):
             np.testing.assert_allclose(a["loss/seeds"], b["loss/seeds"], rtol=1e-5)
     np.testing.assert_allclose(s1["final_loss"], s8["final_loss"], rtol=1e-5)
+
+
+def test_cpu_device_count_is_added_unless_off_or_already_set():
+    flag = cpu_devices.COUNT_FLAG
+    assert cpu_devices.with_device_count("--xla_dump_to=/x", 2, 3) == f"--xla_dump_to=/x {flag}=6"
+    assert cpu_devices.with_device_count("", 0, 3) == ""  # off: XLA's one CPU device
+    assert cpu_devices.with_device_count(f"{flag}=5", 2, 3) == f"{flag}=5"  # the user's wins
 
 
 BAD_INPUTS = {
