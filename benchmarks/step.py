@@ -11,7 +11,8 @@ calls ``F.scaled_dot_product_attention`` (the Gaussian's bias as a float mask).
 
 Every program runs in its own worker process (so peak resident memory is separable) and the
 workers take turns, ``--repeats`` rounds (so load from other processes hits all of them alike);
-a turn is one untimed step, then ``BURST`` steps back to back whose mean is the turn's time. Per step: wall and CPU time (``time.process_time``, all threads of the worker).
+a turn is one untimed step, then ``BURST`` steps back to back whose mean is the turn's time.
+Per step: wall and CPU time (``time.process_time``, all threads of the worker).
 Memory: the worker resets its resident-set high-water mark after warm-up (Linux
 ``/proc/self/clear_refs``) and reads ``VmHWM`` after the timed steps: the peak RSS of the
 process while stepping (parameters, optimiser state, batch and the step's temporaries); the
@@ -489,7 +490,8 @@ def render(args, rows, throughput, load_start, load_end) -> str:
         "",
         f"Batch {BATCH}, {LAYERS} layers, embed {EMBED}, MLP {MLP}, {HEADS} heads, float32; one "
         f"training step (forward, backward, Adam). Medians of {args.repeats} interleaved rounds "
-        f"(each program in its own process; a turn = 1 untimed + {BURST} timed steps back to back). Speed-up = the first "
+        f"(each program in its own process; a turn = 1 untimed + {BURST} timed steps back to "
+        f"back). Speed-up = the first "
         f"torch row's time / this row's, on the wall clock and on CPU time. Floor = analytic "
         f"matmul GFLOP / the {MATMUL_SIZE}^3 float32 `jnp.dot` throughput measured in the same "
         f"rounds: {mm_wall:.0f} GFLOP/s on the wall clock, {mm_cpu:.0f} GFLOP/s per CPU-second "

@@ -41,4 +41,3 @@ def configure(per_core: int) -> None:
     backend has not started yet in this process."""
     flags = os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = with_device_count(flags, per_core, available_cores())
-
