@@ -57,7 +57,9 @@ def _pad_axis(x: Array, axis: int, pad: int, value=0) -> Array:
 
 
 # --------------------------------------------------------------------------------------------
-# The kernel: lengths are multiples of the block sizes here.
+# The kernel: lengths are multiples of the block sizes here. Loops slice the [N, T, d] arrays in
+# place and write their results into whole-length buffers: a scan over pre-blocked copies would
+# hold one more copy of q, the output and its gradients (8 MiB each per layer at LRA sizes).
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
@@ -65,29 +67,18 @@ def _attention(q, k, v, mask, block_q, block_k):
     return _forward(q, k, v, mask, block_q, block_k)[0]
 
 
-def _blocks(x: Array, size: int) -> Array:
-    """``[N, T, ...] -> [T // size, N, size, ...]``: the scan axis first."""
-    return jnp.swapaxes(x.reshape((x.shape[0], -1, size, *x.shape[2:])), 0, 1)
+def _rows(x: Array | None, i, size: int, axis: int = 1) -> Array | None:
+    """Block ``i`` of ``size`` along ``axis`` (None stays None)."""
+    return None if x is None else lax.dynamic_slice_in_dim(x, i * size, size, axis=axis)
 
 
-def _unblocks(x: Array) -> Array:
-    x = jnp.swapaxes(x, 0, 1)
-    return x.reshape((x.shape[0], -1, *x.shape[3:]))
+def _mask_rows(mask: Array | None, i, block_q: int) -> Array | None:
+    """The mask's rows for query block ``i`` (all of it when it has no query axis)."""
+    return mask if mask is None or mask.shape[1] == 1 else _rows(mask, i, block_q)
 
 
-def _query_blocks(mask: Array | None, block_q: int):
-    """Per-query-block mask slices for ``lax.scan`` (None when the mask has no query axis)."""
-    if mask is None or mask.shape[1] == 1:
-        return None
-    return _blocks(mask, block_q)
-
-
-def _mask_of(mask: Array | None, mask_block: Array | None) -> Array | None:
-    return mask if mask_block is None else mask_block
-
-
-def _key_slice(x: Array, j, block_k: int) -> Array:
-    return lax.dynamic_slice_in_dim(x, j * block_k, block_k, axis=1)
+def _put(buffer: Array, block: Array, i, axis: int = 1) -> Array:
+    return lax.dynamic_update_slice_in_dim(buffer, block, i * block.shape[axis], axis=axis)
 
 
 def _scores(qi: Array, kj: Array, mask_ij: Array | None) -> Array:
@@ -95,50 +86,45 @@ def _scores(qi: Array, kj: Array, mask_ij: Array | None) -> Array:
     return s if mask_ij is None else jnp.where(mask_ij, s, -jnp.inf)
 
 
-def _mask_slice(mask: Array | None, j, block_k: int) -> Array | None:
-    if mask is None:
-        return None
-    return lax.dynamic_slice_in_dim(mask, j * block_k, block_k, axis=2)
+def _loop(num: int, body, init):
+    """``fori_loop`` over ``num`` blocks; one block is a plain call (no loop to schedule)."""
+    return body(0, init) if num == 1 else lax.fori_loop(0, num, body, init)
 
 
 def _forward(q, k, v, mask, block_q, block_k):
+    n, tq, _ = q.shape
     num_k = k.shape[1] // block_k
 
-    def query_block(_, xs):
-        qi, mask_i = xs
-        mask_i = _mask_of(mask, mask_i)
-        n, bq = qi.shape[:2]
+    def query_block(i, carry):
+        out, lse = carry
+        qi, mask_i = _rows(q, i, block_q), _mask_rows(mask, i, block_q)
 
         def key_block(j, carry):
             row_max, row_sum, acc = carry
-            s = _scores(qi, _key_slice(k, j, block_k), _mask_slice(mask_i, j, block_k))
+            s = _scores(qi, _rows(k, j, block_k), _rows(mask_i, j, block_k, axis=2))
             new_max = jnp.maximum(row_max, jnp.max(s, axis=-1))
             # rows with no unmasked key so far keep max -inf: shift by 0 there (no inf - inf)
             shift = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
             p = jnp.exp(s - shift[..., None])
             correction = jnp.exp(row_max - shift)
             row_sum = correction * row_sum + jnp.sum(p, axis=-1)
-            acc = correction[..., None] * acc + jnp.einsum(
-                "nqk,nkd->nqd", p, _key_slice(v, j, block_k)
-            )
+            acc = correction[..., None] * acc + jnp.einsum("nqk,nkd->nqd", p, _rows(v, j, block_k))
             return new_max, row_sum, acc
 
         init = (
-            jnp.full((n, bq), -jnp.inf, jnp.float32),
-            jnp.zeros((n, bq), jnp.float32),
-            jnp.zeros((n, bq, v.shape[-1]), jnp.float32),
+            jnp.full((n, block_q), -jnp.inf, jnp.float32),
+            jnp.zeros((n, block_q), jnp.float32),
+            jnp.zeros((n, block_q, v.shape[-1]), jnp.float32),
         )
-        row_max, row_sum, acc = (
-            key_block(0, init) if num_k == 1 else lax.fori_loop(0, num_k, key_block, init)
-        )
+        row_max, row_sum, acc = _loop(num_k, key_block, init)
         has_key = row_sum > 0.0
-        out = acc / jnp.where(has_key, row_sum, 1.0)[..., None]
+        out_i = acc / jnp.where(has_key, row_sum, 1.0)[..., None]
         # log-sum-exp; +inf for empty rows makes every recomputed probability exp(-inf) = 0
-        lse = jnp.where(has_key, row_max + jnp.log(jnp.where(has_key, row_sum, 1.0)), jnp.inf)
-        return None, (out, lse)
+        lse_i = jnp.where(has_key, row_max + jnp.log(jnp.where(has_key, row_sum, 1.0)), jnp.inf)
+        return _put(out, out_i, i), _put(lse, lse_i, i)
 
-    _, (out, lse) = lax.scan(query_block, None, (_blocks(q, block_q), _query_blocks(mask, block_q)))
-    return _unblocks(out), _unblocks(lse)
+    init = (jnp.zeros((n, tq, v.shape[-1]), jnp.float32), jnp.zeros((n, tq), jnp.float32))
+    return _loop(tq // block_q, query_block, init)
 
 
 def _attention_fwd(q, k, v, mask, block_q, block_k):
@@ -148,22 +134,23 @@ def _attention_fwd(q, k, v, mask, block_q, block_k):
 
 def _attention_bwd(block_q, block_k, residuals, d_out):
     q, k, v, mask, out, lse = residuals
+    n, tq, d = q.shape
     num_k = k.shape[1] // block_k
     # D_i = sum_j P_ij dP_ij = d_out_i . out_i: the softmax Jacobian's row term
     delta = jnp.sum(d_out * out, axis=-1)
 
-    def query_block(carry, xs):
-        dk, dv = carry
-        qi, d_out_i, lse_i, delta_i, mask_i = xs
-        mask_i = _mask_of(mask, mask_i)
+    def query_block(i, carry):
+        dq_t, dk, dv = carry
+        qi, d_out_i, lse_i = _rows(q, i, block_q), _rows(d_out, i, block_q), _rows(lse, i, block_q)
+        delta_i, mask_i = _rows(delta, i, block_q), _mask_rows(mask, i, block_q)
 
         def key_block(j, carry):
-            dq_t, dk, dv = carry
-            kj, vj = _key_slice(k, j, block_k), _key_slice(v, j, block_k)
+            dq_t_i, dk, dv = carry
+            kj, vj = _rows(k, j, block_k), _rows(v, j, block_k)
             # Scores transposed, [N, bk, bq]: then dK and dV are plain matmuls of them and only
             # dQ contracts over the first axis (a transposed operand costs XLA's CPU dot ~2x).
             s = jnp.einsum("nkd,nqd->nkq", kj, qi)
-            mask_ij = _mask_slice(mask_i, j, block_k)
+            mask_ij = _rows(mask_i, j, block_k, axis=2)
             if mask_ij is not None:
                 s = jnp.where(jnp.swapaxes(mask_ij, -1, -2), s, -jnp.inf)
             p = jnp.exp(s - lse_i[:, None, :])
@@ -171,36 +158,18 @@ def _attention_bwd(block_q, block_k, residuals, d_out):
             ds = p * (dp - delta_i[:, None, :])
             # dQ^T = K^T dS, [N, d, bq]: as dQ = dS^T K the dot would contract the first axis of
             # both operands, which XLA's CPU dot runs ~3x slower (benchmarks/RESULTS.md)
-            dq_t = dq_t + jnp.einsum("nkd,nkq->ndq", kj, ds)
-            dk_j = jnp.einsum("nkq,nqd->nkd", ds, qi)
-            dv_j = jnp.einsum("nkq,nqd->nkd", p, d_out_i)
-            if num_k == 1:
-                return dq_t, dk + dk_j, dv + dv_j
-            start = j * block_k
-            dk = lax.dynamic_update_slice_in_dim(
-                dk, _key_slice(dk, j, block_k) + dk_j, start, axis=1
-            )
-            dv = lax.dynamic_update_slice_in_dim(
-                dv, _key_slice(dv, j, block_k) + dv_j, start, axis=1
-            )
-            return dq_t, dk, dv
+            dq_t_i = dq_t_i + jnp.einsum("nkd,nkq->ndq", kj, ds)
+            dk = _put(dk, _rows(dk, j, block_k) + jnp.einsum("nkq,nqd->nkd", ds, qi), j)
+            dv = _put(dv, _rows(dv, j, block_k) + jnp.einsum("nkq,nqd->nkd", p, d_out_i), j)
+            return dq_t_i, dk, dv
 
-        init = (jnp.zeros_like(jnp.swapaxes(qi, -1, -2)), dk, dv)
-        dq_t, dk, dv = (
-            key_block(0, init) if num_k == 1 else lax.fori_loop(0, num_k, key_block, init)
-        )
-        return (dk, dv), dq_t
+        dq_t_i, dk, dv = _loop(num_k, key_block, (jnp.zeros((n, d, block_q)), dk, dv))
+        return _put(dq_t, dq_t_i, i, axis=2), dk, dv
 
-    xs = (
-        _blocks(q, block_q),
-        _blocks(d_out, block_q),
-        _blocks(lse, block_q),
-        _blocks(delta, block_q),
-        _query_blocks(mask, block_q),
-    )
-    (dk, dv), dq_t = lax.scan(query_block, (jnp.zeros_like(k), jnp.zeros_like(v)), xs)
+    init = (jnp.zeros((n, d, tq)), jnp.zeros_like(k), jnp.zeros_like(v))
+    dq_t, dk, dv = _loop(tq // block_q, query_block, init)
     # transposed back outside the loop, where XLA cannot fold it into the dot
-    return _unblocks(jnp.swapaxes(dq_t, -1, -2)), dk, dv, None
+    return jnp.swapaxes(dq_t, 1, 2), dk, dv, None
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
