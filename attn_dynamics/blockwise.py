@@ -57,9 +57,12 @@ def _pad_axis(x: Array, axis: int, pad: int, value=0) -> Array:
 
 
 # --------------------------------------------------------------------------------------------
-# The kernel: lengths are multiples of the block sizes here. Loops slice the [N, T, d] arrays in
-# place and write their results into whole-length buffers: a scan over pre-blocked copies would
-# hold one more copy of q, the output and its gradients (8 MiB each per layer at LRA sizes).
+# The kernel: lengths are multiples of the block sizes here. Memory is what shapes it: the loops
+# slice the [N, T, d] arrays in place (a scan over pre-blocked copies would hold another copy of
+# q and d_out), and no loop starts from a zero-filled whole-length buffer: XLA would hoist the
+# zeros to the start of the program and keep a copy per loop alive until the loop runs (48 MiB
+# at LRA sizes). Blocks come out as a scan's stacked outputs instead, and the backward starts
+# its dK, dV sums from the first query block's terms.
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
@@ -77,8 +80,15 @@ def _mask_rows(mask: Array | None, i, block_q: int) -> Array | None:
     return mask if mask is None or mask.shape[1] == 1 else _rows(mask, i, block_q)
 
 
-def _put(buffer: Array, block: Array, i, axis: int = 1) -> Array:
-    return lax.dynamic_update_slice_in_dim(buffer, block, i * block.shape[axis], axis=axis)
+def _add_rows(x: Array, block: Array, j) -> Array:
+    """``x`` with ``block`` added to its rows of block ``j``."""
+    size = block.shape[1]
+    return lax.dynamic_update_slice_in_dim(x, _rows(x, j, size) + block, j * size, axis=1)
+
+
+def _unblocks(x: Array) -> Array:
+    """Stacked per-block outputs ``[T // b, N, b, ...] -> [N, T, ...]``."""
+    return jnp.swapaxes(x, 0, 1).reshape((x.shape[1], -1, *x.shape[3:]))
 
 
 def _scores(qi: Array, kj: Array, mask_ij: Array | None) -> Array:
@@ -92,11 +102,10 @@ def _loop(num: int, body, init):
 
 
 def _forward(q, k, v, mask, block_q, block_k):
-    n, tq, _ = q.shape
+    n = q.shape[0]
     num_k = k.shape[1] // block_k
 
-    def query_block(i, carry):
-        out, lse = carry
+    def query_block(i):
         qi, mask_i = _rows(q, i, block_q), _mask_rows(mask, i, block_q)
 
         def key_block(j, carry):
@@ -118,13 +127,13 @@ def _forward(q, k, v, mask, block_q, block_k):
         )
         row_max, row_sum, acc = _loop(num_k, key_block, init)
         has_key = row_sum > 0.0
-        out_i = acc / jnp.where(has_key, row_sum, 1.0)[..., None]
+        out = acc / jnp.where(has_key, row_sum, 1.0)[..., None]
         # log-sum-exp; +inf for empty rows makes every recomputed probability exp(-inf) = 0
-        lse_i = jnp.where(has_key, row_max + jnp.log(jnp.where(has_key, row_sum, 1.0)), jnp.inf)
-        return _put(out, out_i, i), _put(lse, lse_i, i)
+        lse = jnp.where(has_key, row_max + jnp.log(jnp.where(has_key, row_sum, 1.0)), jnp.inf)
+        return out, lse
 
-    init = (jnp.zeros((n, tq, v.shape[-1]), jnp.float32), jnp.zeros((n, tq), jnp.float32))
-    return _loop(tq // block_q, query_block, init)
+    out, lse = lax.map(query_block, jnp.arange(q.shape[1] // block_q))
+    return _unblocks(out), _unblocks(lse)
 
 
 def _attention_fwd(q, k, v, mask, block_q, block_k):
@@ -133,19 +142,23 @@ def _attention_fwd(q, k, v, mask, block_q, block_k):
 
 
 def _attention_bwd(block_q, block_k, residuals, d_out):
+    # Nothing below may start before the cotangent exists: XLA would otherwise schedule the
+    # first block's recomputed scores into the forward pass and keep them (as jax.checkpoint's
+    # barrier does for its recomputation)
+    *residuals, d_out = lax.optimization_barrier((*residuals, d_out))
     q, k, v, mask, out, lse = residuals
     n, tq, d = q.shape
     num_k = k.shape[1] // block_k
     # D_i = sum_j P_ij dP_ij = d_out_i . out_i: the softmax Jacobian's row term
     delta = jnp.sum(d_out * out, axis=-1)
 
-    def query_block(i, carry):
-        dq_t, dk, dv = carry
+    def query_block(i, dk, dv):
+        """dQ^T of query block ``i``, and dK, dV with its terms added (None: its terms)."""
         qi, d_out_i, lse_i = _rows(q, i, block_q), _rows(d_out, i, block_q), _rows(lse, i, block_q)
         delta_i, mask_i = _rows(delta, i, block_q), _mask_rows(mask, i, block_q)
 
-        def key_block(j, carry):
-            dq_t_i, dk, dv = carry
+        def key_block(j, dq_t_i):
+            """dQ^T with key block ``j``'s terms added; that block's dK and dV terms."""
             kj, vj = _rows(k, j, block_k), _rows(v, j, block_k)
             # Scores transposed, [N, bk, bq]: then dK and dV are plain matmuls of them and only
             # dQ contracts over the first axis (a transposed operand costs XLA's CPU dot ~2x).
@@ -159,15 +172,32 @@ def _attention_bwd(block_q, block_k, residuals, d_out):
             # dQ^T = K^T dS, [N, d, bq]: as dQ = dS^T K the dot would contract the first axis of
             # both operands, which XLA's CPU dot runs ~3x slower (benchmarks/RESULTS.md)
             dq_t_i = dq_t_i + jnp.einsum("nkd,nkq->ndq", kj, ds)
-            dk = _put(dk, _rows(dk, j, block_k) + jnp.einsum("nkq,nqd->nkd", ds, qi), j)
-            dv = _put(dv, _rows(dv, j, block_k) + jnp.einsum("nkq,nqd->nkd", p, d_out_i), j)
-            return dq_t_i, dk, dv
+            dk_j = jnp.einsum("nkq,nqd->nkd", ds, qi)
+            return dq_t_i, dk_j, jnp.einsum("nkq,nqd->nkd", p, d_out_i)
 
-        dq_t_i, dk, dv = _loop(num_k, key_block, (jnp.zeros((n, d, block_q)), dk, dv))
-        return _put(dq_t, dq_t_i, i, axis=2), dk, dv
+        if num_k == 1:
+            dq_t_i, dk_i, dv_i = key_block(0, 0.0)
+            return dq_t_i, dk_i if dk is None else dk + dk_i, dv_i if dv is None else dv + dv_i
 
-    init = (jnp.zeros((n, d, tq)), jnp.zeros_like(k), jnp.zeros_like(v))
-    dq_t, dk, dv = _loop(tq // block_q, query_block, init)
+        def add_key_block(j, carry):
+            dq_t_i, dk, dv = carry
+            dq_t_i, dk_j, dv_j = key_block(j, dq_t_i)
+            return dq_t_i, _add_rows(dk, dk_j, j), _add_rows(dv, dv_j, j)
+
+        dk = jnp.zeros_like(k) if dk is None else dk
+        dv = jnp.zeros_like(v) if dv is None else dv
+        return lax.fori_loop(0, num_k, add_key_block, (jnp.zeros((n, d, block_q)), dk, dv))
+
+    def add_query_block(i, carry):
+        dq_t, dk, dv = carry
+        dq_t_i, dk, dv = query_block(i, dk, dv)
+        return lax.dynamic_update_slice_in_dim(dq_t, dq_t_i, i * block_q, axis=2), dk, dv
+
+    dq_t_first, dk, dv = query_block(0, None, None)
+    # dQ^T [N, d, T]: the first block's, zero-padded (the loop writes the rest in place)
+    dq_t = jnp.pad(dq_t_first, ((0, 0), (0, 0), (0, tq - block_q)))
+    if tq > block_q:
+        dq_t, dk, dv = lax.fori_loop(1, tq // block_q, add_query_block, (dq_t, dk, dv))
     # transposed back outside the loop, where XLA cannot fold it into the dot
     return jnp.swapaxes(dq_t, 1, 2), dk, dv, None
 

@@ -4,7 +4,9 @@ The paper's encoder: 2 pre-LN layers, embedding 64, MLP 128, 2 heads, sinusoidal
 the input, mean pooling, a linear head; batch 32 of byte tokens, all valid (the key padding
 mask is still applied, as in training); cross-entropy; one step = forward, backward and an Adam
 update. The JAX step is ``jax.jit(value_and_grad(experiments.train.make_loss(...)) + optax.adam)``
-on :class:`attn_dynamics.models.EncoderClassifier` with donated state; compilation excluded.
+on :class:`attn_dynamics.models.EncoderClassifier` with donated state, compiled with the XLA CPU
+flags ``experiments.run`` starts with (``experiments/host.py``: remat barriers kept, and with
+``--host-devices N`` the batch split over N CPU devices); compilation excluded.
 PyTorch is ``torch.set_num_threads(2)``, eager, ``torch.optim.Adam``: ``eager`` writes attention
 as matmul, softmax, matmul (the Gaussian as its softmax form with the key-norm bias); ``sdpa``
 calls ``F.scaled_dot_product_attention`` (the Gaussian's bias as a float mask).
@@ -37,6 +39,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from experiments import host
 
 BATCH, LAYERS, EMBED, MLP, HEADS, VOCAB, CLASSES = 32, 2, 64, 128, 2, 257, 2
 MATMUL_SIZE = 2048
@@ -287,9 +291,9 @@ def worker(spec: dict) -> None:
 class Worker:
     def __init__(self, spec: dict):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_root(), _pythonpath()])))
-        if spec.get("host_devices", 1) > 1:
-            flag = f"--xla_force_host_platform_device_count={spec['host_devices']}"
-            env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}".strip()
+        if spec["program"] != "torch":  # the XLA CPU flags experiments.run starts with
+            devices = spec.get("host_devices", 1)
+            env["XLA_FLAGS"] = host.cpu_xla_flags(env.get("XLA_FLAGS", ""), devices)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.step", "--worker", json.dumps(spec)],
             stdin=subprocess.PIPE,

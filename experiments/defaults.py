@@ -84,7 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.seeds = 0
     c.mesh.data = 0
     # CPU: split each core into this many XLA devices, which the mesh then runs side by side
-    # (XLA runs small ops on one thread each: experiments/cpu_devices.py); 0: one CPU device
+    # (XLA runs small ops on one thread each: experiments/host.py); 0: one CPU device
     c.mesh.cpu_devices_per_core = 0
     return c
 

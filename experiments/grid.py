@@ -26,7 +26,6 @@ import ast
 import concurrent.futures
 import copy
 import dataclasses
-import glob
 import hashlib
 import itertools
 import json
@@ -34,16 +33,15 @@ import math
 import multiprocessing
 import os
 import pathlib
-import shutil
 import signal
-import subprocess
 import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
-from experiments import cpu_devices, rundirs
+from experiments import host, rundirs
+from experiments.host import cpu_count, tpu_present, visible_gpus
 
 FINISHED = ("done", "diverged")
 # Fields that do not change what a run computes: a finished cell is still finished.
@@ -274,9 +272,9 @@ def write_index(root: pathlib.Path, axes: Mapping, grid: list[dict]) -> None:
 
 
 def run_cell(config, workdir: str) -> dict:
-    """Train one cell; returns its summary. JAX is imported here, after the environment (and
-    the CPU devices for this worker's cores, if the cell's config asks for them)."""
-    cpu_devices.configure(config.mesh.get("cpu_devices_per_core", 0))
+    """Train one cell; returns its summary. JAX is imported here, after the environment and
+    the XLA CPU flags for this worker's cores (:func:`experiments.host.configure`)."""
+    host.configure(config.mesh.get("cpu_devices_per_core", 0))
     from experiments import train
 
     return train.train_and_evaluate(config, workdir)
@@ -324,33 +322,6 @@ class InProcess:
 # ---- devices per worker
 
 
-def visible_gpus() -> list[str]:
-    """GPU ids this process may use, without importing JAX (empty on CPU-only runs)."""
-    if os.environ.get("JAX_PLATFORMS", "").strip().lower() in ("cpu", "tpu"):
-        return []
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        ids = [v.strip() for v in visible.split(",") if v.strip()]
-        return [] if ids in ([], ["-1"]) else ids
-    if shutil.which("nvidia-smi") is None:
-        return []
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [line.strip() for line in out.splitlines() if line.strip()]
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
 CPUS_VARIABLE = "ATTN_DYNAMICS_CPUS"  # a worker's cores, e.g. "0,1"; applied as its affinity
 
 
@@ -392,13 +363,6 @@ def split_cores(parallel: int) -> list[list[int]]:
         return [[cores[i % len(cores)]] for i in range(parallel)]
     bounds = [round(i * len(cores) / parallel) for i in range(parallel + 1)]
     return [cores[bounds[i] : bounds[i + 1]] for i in range(parallel)]
-
-
-def tpu_present() -> bool:
-    """TPU chips on this host that JAX would use (JAX_PLATFORMS=cpu opts out)."""
-    if os.environ.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
-        return False
-    return bool(glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*"))
 
 
 def cpu_environment(cores: list[int]) -> dict[str, str]:

@@ -24,7 +24,7 @@ import tokenize
 from absl import flags
 from ml_collections import config_flags
 
-from experiments import cpu_devices, distributed, validation
+from experiments import distributed, host, validation
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         print(usage(full=kind == "full"))
         return 0
     config, workdir = parse(argv)
-    cpu_devices.configure(config.mesh.get("cpu_devices_per_core", 0))  # before JAX starts
+    host.configure(config.mesh.get("cpu_devices_per_core", 0))  # XLA CPU flags, before JAX
     distributed.initialize(cluster())  # before any other JAX call
     from experiments import train  # imports JAX: only once the config is known to be valid
 

@@ -38,7 +38,7 @@ import ml_collections
 import numpy as np
 
 from attn_dynamics import data, freezing, models
-from experiments import checkpointing, cpu_devices, hooks, logs, sharding, steps, validation
+from experiments import checkpointing, hooks, host, logs, sharding, steps, validation
 from experiments.build import (  # noqa: F401 -- the runner's public building blocks
     DROPOUT_STREAM,
     INIT_STREAM,
@@ -102,14 +102,14 @@ def warn_if_cpu_devices_missed(per_core: int) -> None:
     """The config asked for several CPU devices but JAX's CPU backend had already started
     with one (a notebook, a script that computed before training): say how to get them."""
     if per_core and jax.default_backend() == "cpu" and jax.local_device_count() == 1:
-        count = per_core * cpu_devices.available_cores()
+        count = per_core * host.cpu_count()
         if count > 1:
             logging.warning(
                 "config.mesh.cpu_devices_per_core=%d: JAX's CPU backend started before it could "
                 "apply, so this run has 1 CPU device; set XLA_FLAGS=%s=%d before importing jax "
                 "(experiments.run does)",
                 per_core,
-                cpu_devices.COUNT_FLAG,
+                host.COUNT_FLAG,
                 count,
             )
 

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import cpu_devices, sweep, train
+from experiments import host, sweep, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 THEORY_CONFIGS = ["qk_frozen", "qkv_trained", "v_only", "q_only"]
@@ -179,7 +179,7 @@ def test_cpu_devices_per_core_splits_the_host_and_matches_one_device(tmp_path):
     assert one.returncode == 0 and split.returncode == 0, (one.stderr + split.stderr)[-3000:]
     s1 = json.loads((tmp_path / "one" / "summary.json").read_text())
     s8 = json.loads((tmp_path / "split" / "summary.json").read_text())
-    devices = 4 * cpu_devices.available_cores()
+    devices = 4 * host.cpu_count()
     assert len(s1["environment"]["devices"]) == 1
     assert len(s8["environment"]["devices"]) == devices
     assert s8["mesh"] == {"seeds": 2, "data": math.gcd(devices // 2, 8)}
@@ -189,11 +189,14 @@ def test_cpu_devices_per_core_splits_the_host_and_matches_one_device(tmp_path):
     np.testing.assert_allclose(s1["final_loss"], s8["final_loss"], rtol=1e-5)
 
 
-def test_cpu_device_count_is_added_unless_off_or_already_set():
-    flag = cpu_devices.COUNT_FLAG
-    assert cpu_devices.with_device_count("--xla_dump_to=/x", 2, 3) == f"--xla_dump_to=/x {flag}=6"
-    assert cpu_devices.with_device_count("", 0, 3) == ""  # off: XLA's one CPU device
-    assert cpu_devices.with_device_count(f"{flag}=5", 2, 3) == f"{flag}=5"  # the user's wins
+def test_cpu_flags_keep_remat_barriers_and_add_devices_unless_the_user_set_them():
+    count, keep = host.COUNT_FLAG, f"{host.DISABLED_PASSES_FLAG}={host.BARRIER_EXPANDER}"
+    assert host.cpu_xla_flags("--xla_dump_to=/x", 6) == f"--xla_dump_to=/x {keep} {count}=6"
+    assert host.cpu_xla_flags("") == keep  # one device: XLA's default, no count
+    assert host.cpu_xla_flags(f"{count}=5", 6) == f"{count}=5 {keep}"  # the user's count wins
+    passes = f"{host.DISABLED_PASSES_FLAG}=algsimp"
+    assert host.cpu_xla_flags(passes) == f"{passes},{host.BARRIER_EXPANDER}"  # extended
+    assert host.cpu_xla_flags(keep) == keep  # idempotent
 
 
 BAD_INPUTS = {
