@@ -11,10 +11,10 @@ PyTorch is ``torch.set_num_threads(2)``, eager, ``torch.optim.Adam``: ``eager`` 
 as matmul, softmax, matmul (the Gaussian as its softmax form with the key-norm bias); ``sdpa``
 calls ``F.scaled_dot_product_attention`` (the Gaussian's bias as a float mask).
 
-Every program runs in its own worker process (so peak resident memory is separable); each
-configuration of this project forms a group with the floor and torch workers (idle workers of
-other configurations slowed torch's eager step), and a group's workers take turns,
-``--repeats`` rounds (so load from other processes hits all of them alike);
+Every program runs in its own worker process (so peak resident memory is separable), in groups
+that each hold the floor worker (below) and either torch's programs or one of this project's
+(an idle JAX worker alive slowed torch's eager step 1.2-1.3x here); a group's workers take
+turns, ``--repeats`` rounds (so load from other processes hits all of them alike);
 a turn is one untimed step, then ``BURST`` steps back to back whose mean is the turn's time.
 Per step: wall and CPU time (``time.process_time``, all threads of the worker).
 Memory: the worker resets its resident-set high-water mark after warm-up (Linux
@@ -399,59 +399,68 @@ def main(argv: list[str] | None = None) -> None:
 
     load_start = os.getloadavg()[0]
     rows, throughput = [], {"wall": [], "cpu": []}
-    configurations = [
-        (length, kernel, {"implementation": i, "host_devices": devices})
-        for length in args.lengths
-        for kernel in args.kernels
-        for devices in sorted(set(args.host_devices))
-        for i in args.implementations
-    ]
-    for length, kernel, ours in configurations:
-        # One group per configuration of ours, with the floor and torch workers only: idle
-        # workers of other configurations slowed torch's eager step by up to 1.5x here (its
-        # large tensors are fresh pages every step), so each group has its own torch reference
-        specs = [{"program": "matmul"}]
-        specs += [
-            {"program": "torch", "length": length, "kernel": kernel, "attention": a}
-            for a in args.torch
-        ]
-        specs.append({"program": "jax", "length": length, "kernel": kernel, **ours})
-        matmul, *programs = run_round_robin(specs, args.repeats)
-        # GFLOP per wall second, and per CPU second times the cores (what all cores would
-        # do if this process had them to itself): the floor on each clock
-        gflop = 2 * MATMUL_SIZE**3 / 1e9
-        rate = {
-            "wall": gflop / statistics.median(matmul.walls),
-            "cpu": gflop / statistics.median(matmul.cpus) * os.cpu_count(),
-        }
-        for clock in rate:
-            throughput[clock].append(rate[clock])
-        floor = {c: step_flops(BATCH, length) / 1e9 / rate[c] for c in rate}
-        torch_wall = statistics.median(programs[0].walls)
-        torch_cpu = statistics.median(programs[0].cpus)
-        for w in programs:
-            wall, cpu = statistics.median(w.walls), statistics.median(w.cpus)
-            row = {
-                "length": length,
-                "kernel": kernel,
-                "program": label(w.spec),
-                "wall": wall,
-                "cpu": cpu,
-                "vs_wall": torch_wall / wall,
-                "vs_cpu": torch_cpu / cpu,
-                "floor_wall": floor["wall"] / wall,
-                "floor_cpu": floor["cpu"] * os.cpu_count() / cpu,
-                **w.info,
-            }
-            rows.append(row)
-            print(
-                f"L={length} {kernel:8s} {row['program']:26s} wall {wall:.3f} s cpu "
-                f"{cpu:.3f} s  speed-up vs torch {row['vs_wall']:.2f} (cpu "
-                f"{row['vs_cpu']:.2f})  floor {100 * row['floor_wall']:.0f}% (cpu "
-                f"{100 * row['floor_cpu']:.0f}%)  peak {w.info['peak_mib']:.0f} MiB "
-                f"(step {w.info['step_mib']:.0f})",
-                flush=True,
-            )
+    for length in args.lengths:
+        for kernel in args.kernels:
+            # Groups, each with the floor worker: torch's programs, then each of ours alone.
+            # Torch's eager step frees and re-faults its large tensors every step, and with an
+            # idle JAX worker alive (even a stopped one) that took 1.2-1.3x longer here: so
+            # torch never shares the machine with our workers, nor ours with each other.
+            torch_specs = [
+                {"program": "torch", "length": length, "kernel": kernel, "attention": a}
+                for a in args.torch
+            ]
+            groups = [torch_specs] + [
+                [
+                    {
+                        "program": "jax",
+                        "length": length,
+                        "kernel": kernel,
+                        "implementation": i,
+                        "host_devices": devices,
+                    }
+                ]
+                for devices in sorted(set(args.host_devices))
+                for i in args.implementations
+            ]
+            reference = None
+            for group in groups:
+                matmul, *programs = run_round_robin([{"program": "matmul"}, *group], args.repeats)
+                # GFLOP per wall second, and per CPU second times the cores (what all cores
+                # would do if this process had them to itself): the floor on each clock
+                gflop = 2 * MATMUL_SIZE**3 / 1e9
+                rate = {
+                    "wall": gflop / statistics.median(matmul.walls),
+                    "cpu": gflop / statistics.median(matmul.cpus) * os.cpu_count(),
+                }
+                for clock in rate:
+                    throughput[clock].append(rate[clock])
+                floor = {c: step_flops(BATCH, length) / 1e9 / rate[c] for c in rate}
+                if reference is None:  # the torch group: its first program is the reference
+                    reference = [statistics.median(programs[0].walls)]
+                    reference.append(statistics.median(programs[0].cpus))
+                for w in programs:
+                    wall, cpu = statistics.median(w.walls), statistics.median(w.cpus)
+                    row = {
+                        "length": length,
+                        "kernel": kernel,
+                        "program": label(w.spec),
+                        "wall": wall,
+                        "cpu": cpu,
+                        "vs_wall": reference[0] / wall,
+                        "vs_cpu": reference[1] / cpu,
+                        "floor_wall": floor["wall"] / wall,
+                        "floor_cpu": floor["cpu"] * os.cpu_count() / cpu,
+                        **w.info,
+                    }
+                    rows.append(row)
+                    print(
+                        f"L={length} {kernel:8s} {row['program']:26s} wall {wall:.3f} s cpu "
+                        f"{cpu:.3f} s  speed-up vs torch {row['vs_wall']:.2f} (cpu "
+                        f"{row['vs_cpu']:.2f})  floor {100 * row['floor_wall']:.0f}% (cpu "
+                        f"{100 * row['floor_cpu']:.0f}%)  peak {w.info['peak_mib']:.0f} MiB "
+                        f"(step {w.info['step_mib']:.0f})",
+                        flush=True,
+                    )
     summary = render(args, rows, throughput, load_start, os.getloadavg()[0])
     print()
     print(summary)
@@ -494,11 +503,12 @@ def render(args, rows, throughput, load_start, load_end) -> str:
         f"Command: `{command}`",
         "",
         f"Batch {BATCH}, {LAYERS} layers, embed {EMBED}, MLP {MLP}, {HEADS} heads, float32; one "
-        f"training step (forward, backward, Adam). Each attn-dynamics row is timed in its own "
-        f"group with the floor and torch workers (the torch rows above it): medians of "
-        f"{args.repeats} interleaved rounds, each program in its own process, a turn = 1 "
-        f"untimed + {BURST} timed steps back to back. Speed-up = the group's first torch row's "
-        f"time / this row's, on the wall clock and on CPU time. Floor = analytic "
+        f"training step (forward, backward, Adam). Groups of workers, each with the floor "
+        f"worker: the torch programs, then each attn-dynamics program alone (an idle JAX worker "
+        f"slowed torch's eager step); medians of {args.repeats} interleaved rounds per group, "
+        f"each program in its own process, a turn = 1 untimed + {BURST} timed steps back to "
+        f"back. Speed-up = the first torch row's time / this row's (same length and kernel), "
+        f"on the wall clock and on CPU time. Floor = analytic "
         f"matmul GFLOP / the {MATMUL_SIZE}^3 float32 `jnp.dot` throughput measured in the same "
         f"rounds: {mm_wall:.0f} GFLOP/s on the wall clock, {mm_cpu:.0f} GFLOP/s per CPU-second "
         f"x {os.cpu_count()} cores (medians over the configurations); floor % = floor time / "
