@@ -199,6 +199,31 @@ def test_cpu_flags_keep_remat_barriers_and_add_devices_unless_the_user_set_them(
     assert host.cpu_xla_flags(keep) == keep  # idempotent
 
 
+RECOMPUTED_DOTS = """
+import jax, jax.numpy as jnp
+from experiments import host
+def layer(x, w):
+    with jax.named_scope("recomputed"):
+        return jnp.tanh(x @ w)
+loss = lambda x, w: jnp.sum(jnp.tanh(jax.checkpoint(layer)(x, w) @ w.T) ** 2)
+args = jnp.ones((512, 16)), jnp.ones((16, 32))
+hlo = jax.jit(jax.grad(loss, argnums=1)).lower(*args).compile().as_text()
+print(hlo.count("rematted_computation/recomputed/dot_general"))
+"""
+
+
+def test_cpu_flags_keep_the_remat_recomputation():
+    """Under the flags experiments.run starts CPU processes with, the compiled backward holds
+    the checkpointed matmul's recomputation (without them, jax 0.10.2's XLA:CPU merges it back
+    into the forward pass and this count is 0)."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": host.cpu_xla_flags("")}
+    out = subprocess.run(
+        [sys.executable, "-c", RECOMPUTED_DOTS],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert int(out.stdout.split()[-1]) >= 1, out.stdout
+
+
 BAD_INPUTS = {
     "unknown override key": (["--config.model.kernl=gaussian"], ["kernl", "kernel"]),
     "wrong type": (["--config.train.learning_rate=fast"], ["learning_rate", "fast"]),
