@@ -59,10 +59,10 @@ def _pad_axis(x: Array, axis: int, pad: int, value=0) -> Array:
 # --------------------------------------------------------------------------------------------
 # The kernel: lengths are multiples of the block sizes here. Memory is what shapes it: the loops
 # slice the [N, T, d] arrays in place (a scan over pre-blocked copies would hold another copy of
-# q and d_out), and no loop starts from a zero-filled whole-length buffer: XLA would hoist the
-# zeros to the start of the program and keep a copy per loop alive until the loop runs (48 MiB
-# at LRA sizes). Blocks come out as a scan's stacked outputs instead, and the backward starts
-# its dK, dV sums from the first query block's terms.
+# q and d_out), and with one key block (T <= block_k) no loop starts from a zero-filled
+# whole-length buffer: XLA would hoist the zeros to the start of the program and keep a copy per
+# loop alive until the loop runs (48 MiB at LRA sizes). The forward's blocks come out as stacked
+# scan outputs, and the backward starts its dK, dV sums from the first query block's terms.
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))

@@ -436,8 +436,8 @@ def main(argv: list[str] | None = None) -> None:
                     throughput[clock].append(rate[clock])
                 floor = {c: step_flops(BATCH, length) / 1e9 / rate[c] for c in rate}
                 if reference is None:  # the torch group: its first program is the reference
-                    reference = [statistics.median(programs[0].walls)]
-                    reference.append(statistics.median(programs[0].cpus))
+                    torch_ = programs[0]
+                    reference = statistics.median(torch_.walls), statistics.median(torch_.cpus)
                 for w in programs:
                     wall, cpu = statistics.median(w.walls), statistics.median(w.cpus)
                     row = {

@@ -36,7 +36,7 @@ def set_encoder(c, *, num_classes, vocab_size, max_len):
     c.model.embedding = "tokens"
     c.model.pooling = "mean"
     c.train.trainable = "QKV"  # everything
-    # On CPU one XLA device per core, the batch split over them: 1.15x faster at 1024 tokens
+    # On CPU one XLA device per core, the batch split over them: 1.2x faster at 1024 tokens
     # than one device for all cores (benchmarks/RESULTS.md, "step (cpu)")
     c.mesh.cpu_devices_per_core = 1
     return c

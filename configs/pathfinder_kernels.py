@@ -35,7 +35,7 @@ def get_config(arg=None):
         c.train.log_every = 20
         c.train.eval_every = 250
         c.train.checkpoint_every = 500
-        # at 256 tokens 2 XLA devices per core beat 1 (1.25x; benchmarks/RESULTS.md, "step (cpu)")
+        # 256 tokens: 2 XLA devices per core beat 1 (1.1-1.3x; benchmarks/RESULTS.md, "step (cpu)")
         c.mesh.cpu_devices_per_core = 2
     if "smoke" in args:
         defaults.smoke(c)

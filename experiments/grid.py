@@ -41,7 +41,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from experiments import host, rundirs
-from experiments.host import cpu_count, tpu_present, visible_gpus
 
 FINISHED = ("done", "diverged")
 # Fields that do not change what a run computes: a finished cell is still finished.
@@ -335,7 +334,7 @@ def worker_environments(parallel: int, gpus: list[str] | None = None) -> list[di
     each run a pool as wide as the machine and spin against each other (measured: 1.5x the
     CPU time per cell with two workers on two cores).
     """
-    gpus = visible_gpus() if gpus is None else gpus
+    gpus = host.visible_gpus() if gpus is None else gpus
     if gpus:
         if parallel <= len(gpus):
             share = len(gpus) // parallel
@@ -345,7 +344,7 @@ def worker_environments(parallel: int, gpus: list[str] | None = None) -> list[di
             {"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)], "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
             for i in range(parallel)
         ]
-    if parallel > 1 and tpu_present():
+    if parallel > 1 and host.tpu_present():
         raise ValueError(
             f"--parallel={parallel} on a TPU host: one process owns the TPU chips; use "
             "--parallel=1 (cells then run one after another on all chips)"
@@ -367,7 +366,7 @@ def split_cores(parallel: int) -> list[list[int]]:
 
 def cpu_environment(cores: list[int]) -> dict[str, str]:
     """A CPU worker on ``cores`` (empty: a share of the machine, by count only)."""
-    threads = max(1, len(cores) or cpu_count())
+    threads = max(1, len(cores) or host.cpu_count())
     flags = os.environ.get("XLA_FLAGS", "")
     if threads == 1 and "xla_cpu_multi_thread_eigen" not in flags:
         flags = f"{flags} --xla_cpu_multi_thread_eigen=false".strip()
@@ -530,7 +529,7 @@ class Submitit:
 
         executor = submitit.LocalExecutor(folder=folder)
         executor.update_parameters(**{"timeout_min": 24 * 60, **parameters})
-        gpus = visible_gpus()
+        gpus = host.visible_gpus()
         return cls(
             executor,
             max_in_flight=parallel,

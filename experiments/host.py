@@ -15,8 +15,8 @@ computation (``experiments.run`` and each sweep cell call it; a count or pass li
   for it: XLA runs an op that is under about a millisecond of work on one thread, and an
   encoder step at Pathfinder or LRA sizes is hundreds of such ops, so one CPU device leaves
   cores idle; with the host split into several devices the ``('seeds', 'data')`` mesh gives
-  each its share of the seeds or the batch and they run side by side (1.4-1.5x at 256 tokens
-  with 2 devices per core, benchmarks/RESULTS.md).
+  each its share of the seeds or the batch and they run side by side (the 256-token step 1.7x
+  faster with 2 devices per core than with one device, benchmarks/RESULTS.md).
 
 Accelerator hosts get neither: the flags concern the CPU backend, and runs there were not
 measured with them.

@@ -178,15 +178,15 @@ def test_cpu_devices_per_core_splits_the_host_and_matches_one_device(tmp_path):
     split = cli(*args, "--config.mesh.cpu_devices_per_core=4", f"--workdir={tmp_path / 'split'}")
     assert one.returncode == 0 and split.returncode == 0, (one.stderr + split.stderr)[-3000:]
     s1 = json.loads((tmp_path / "one" / "summary.json").read_text())
-    s8 = json.loads((tmp_path / "split" / "summary.json").read_text())
+    s_split = json.loads((tmp_path / "split" / "summary.json").read_text())
     devices = 4 * host.cpu_count()
     assert len(s1["environment"]["devices"]) == 1
-    assert len(s8["environment"]["devices"]) == devices
-    assert s8["mesh"] == {"seeds": 2, "data": math.gcd(devices // 2, 8)}
+    assert len(s_split["environment"]["devices"]) == devices
+    assert s_split["mesh"] == {"seeds": 2, "data": math.gcd(devices // 2, 8)}
     for a, b in zip(records(tmp_path / "one"), records(tmp_path / "split"), strict=True):
         if not a.get("eval"):
             np.testing.assert_allclose(a["loss/seeds"], b["loss/seeds"], rtol=1e-5)
-    np.testing.assert_allclose(s1["final_loss"], s8["final_loss"], rtol=1e-5)
+    np.testing.assert_allclose(s1["final_loss"], s_split["final_loss"], rtol=1e-5)
 
 
 def test_cpu_flags_keep_remat_barriers_and_add_devices_unless_the_user_set_them():
