@@ -46,6 +46,7 @@ from experiments import host
 
 BATCH, LAYERS, EMBED, MLP, HEADS, VOCAB, CLASSES = 32, 2, 64, 128, 2, 257, 2
 MATMUL_SIZE = 2048
+MATMUL_GFLOP = 2 * MATMUL_SIZE**3 / 1e9  # one timed jnp.dot of the floor worker
 PAUSE_S = 0.5  # between two workers' turns
 BURST = 3  # timed steps per turn, after one untimed
 
@@ -354,6 +355,46 @@ def run_round_robin(specs: list[dict], repeats: int) -> list[Worker]:
     return workers
 
 
+def time_group(group: list[dict], repeats: int) -> tuple[dict, list[Worker]]:
+    """Step ``group`` in turn with the floor worker; the matmul rate measured alongside, in
+    GFLOP per wall second and per CPU second times the cores (what all cores would do if this
+    process had them to itself): the floor on each clock."""
+    matmul, *programs = run_round_robin([{"program": "matmul"}, *group], repeats)
+    rate = {
+        "wall": MATMUL_GFLOP / statistics.median(matmul.walls),
+        "cpu": MATMUL_GFLOP / statistics.median(matmul.cpus) * os.cpu_count(),
+    }
+    return rate, programs
+
+
+def step_row(w: Worker, length: int, kernel: str, rate: dict, reference: tuple) -> dict:
+    """One program's row (medians; speed-up against ``reference``, torch's (wall, cpu)),
+    printed as it is made."""
+    floor = {c: step_flops(BATCH, length) / 1e9 / rate[c] for c in rate}
+    wall, cpu = statistics.median(w.walls), statistics.median(w.cpus)
+    row = {
+        "length": length,
+        "kernel": kernel,
+        "program": label(w.spec),
+        "wall": wall,
+        "cpu": cpu,
+        "vs_wall": reference[0] / wall,
+        "vs_cpu": reference[1] / cpu,
+        "floor_wall": floor["wall"] / wall,
+        "floor_cpu": floor["cpu"] * os.cpu_count() / cpu,
+        **w.info,
+    }
+    print(
+        f"L={length} {kernel:8s} {row['program']:26s} wall {wall:.3f} s cpu "
+        f"{cpu:.3f} s  speed-up vs torch {row['vs_wall']:.2f} (cpu "
+        f"{row['vs_cpu']:.2f})  floor {100 * row['floor_wall']:.0f}% (cpu "
+        f"{100 * row['floor_cpu']:.0f}%)  peak {w.info['peak_mib']:.0f} MiB "
+        f"(step {w.info['step_mib']:.0f})",
+        flush=True,
+    )
+    return row
+
+
 def label(spec: dict) -> str:
     if spec["program"] == "jax":
         devices = spec["host_devices"]
@@ -424,43 +465,16 @@ def main(argv: list[str] | None = None) -> None:
             ]
             reference = None
             for group in groups:
-                matmul, *programs = run_round_robin([{"program": "matmul"}, *group], args.repeats)
-                # GFLOP per wall second, and per CPU second times the cores (what all cores
-                # would do if this process had them to itself): the floor on each clock
-                gflop = 2 * MATMUL_SIZE**3 / 1e9
-                rate = {
-                    "wall": gflop / statistics.median(matmul.walls),
-                    "cpu": gflop / statistics.median(matmul.cpus) * os.cpu_count(),
-                }
+                rate, programs = time_group(group, args.repeats)
                 for clock in rate:
                     throughput[clock].append(rate[clock])
-                floor = {c: step_flops(BATCH, length) / 1e9 / rate[c] for c in rate}
                 if reference is None:  # the torch group: its first program is the reference
-                    torch_ = programs[0]
-                    reference = statistics.median(torch_.walls), statistics.median(torch_.cpus)
-                for w in programs:
-                    wall, cpu = statistics.median(w.walls), statistics.median(w.cpus)
-                    row = {
-                        "length": length,
-                        "kernel": kernel,
-                        "program": label(w.spec),
-                        "wall": wall,
-                        "cpu": cpu,
-                        "vs_wall": reference[0] / wall,
-                        "vs_cpu": reference[1] / cpu,
-                        "floor_wall": floor["wall"] / wall,
-                        "floor_cpu": floor["cpu"] * os.cpu_count() / cpu,
-                        **w.info,
-                    }
-                    rows.append(row)
-                    print(
-                        f"L={length} {kernel:8s} {row['program']:26s} wall {wall:.3f} s cpu "
-                        f"{cpu:.3f} s  speed-up vs torch {row['vs_wall']:.2f} (cpu "
-                        f"{row['vs_cpu']:.2f})  floor {100 * row['floor_wall']:.0f}% (cpu "
-                        f"{100 * row['floor_cpu']:.0f}%)  peak {w.info['peak_mib']:.0f} MiB "
-                        f"(step {w.info['step_mib']:.0f})",
-                        flush=True,
+                    reference = (
+                        statistics.median(programs[0].walls),
+                        statistics.median(programs[0].cpus),
                     )
+                for w in programs:
+                    rows.append(step_row(w, length, kernel, rate, reference))
     summary = render(args, rows, throughput, load_start, os.getloadavg()[0])
     print()
     print(summary)

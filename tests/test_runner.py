@@ -201,7 +201,6 @@ def test_cpu_flags_keep_remat_barriers_and_add_devices_unless_the_user_set_them(
 
 RECOMPUTED_DOTS = """
 import jax, jax.numpy as jnp
-from experiments import host
 def layer(x, w):
     with jax.named_scope("recomputed"):
         return jnp.tanh(x @ w)
