@@ -43,7 +43,7 @@ def get_config(arg=None):
 
 def get_sweep():
     return {
-        "model.kernel": ("softmax", "gaussian"),
+        "model.kernel": ("softmax", "gaussian", "gaussian_unnormalized"),
         "train.trainable": ("QKV", "V", "Q", "K"),
         "data.seed": (0, 1, 2),  # data draws: inputs X and the teacher
     }

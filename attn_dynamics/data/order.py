@@ -7,6 +7,15 @@ guessing. Training sequences have a random length in ``[min_len, train_len]``, p
 ``train_len`` with ``valid`` False on padding; eval split ``len_{n}`` has every sequence of
 length exactly ``n`` for each ``n`` in ``eval_lengths`` (length extrapolation).
 
+Where the label-deciding tokens stand is what a length-extrapolation test must control: in
+``len_{n}`` the marker is uniform over the sequence, so at ``n = 2L`` half the answers still lie
+in the trained range ``[0, L)``. ``eval_regions`` adds, for every eval length ``n > L``:
+
+* ``len_{n}_within``: the label-deciding tokens (marker and the token it points at; A and B)
+  all at positions ``< L``: the trained range, inside a longer sequence;
+* ``len_{n}_beyond``: all of them at positions ``>= L``, never seen in training, so only an
+  encoding that carries position information past ``L`` can score above chance.
+
 * ``order_lookback``: one marker token ``V + 1`` at position ``m >= lookback``; the label is
   the content token ``lookback`` places before it (``num_classes = V``, vocab ``V + 2``).
 * ``order_precedence``: tokens ``A = V + 1`` and ``B = V + 2`` once each at distinct random
@@ -26,6 +35,7 @@ import numpy as np
 from attn_dynamics.data import base
 
 TASKS = ("order_lookback", "order_precedence")
+REGIONS = ("all", "within", "beyond")
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -40,6 +50,10 @@ def default_config(name: str = "order_lookback") -> ml_collections.ConfigDict:
     d.min_len = 16
     d.train_len = 64
     d.eval_lengths = (64, 96, 128)  # eval splits 'len_64', 'len_96', 'len_128'
+    # regions of the label-deciding tokens evaluated at every eval length > train_len:
+    # 'all' (split len_{n}: anywhere), 'within' (len_{n}_within: all < train_len), 'beyond'
+    # (len_{n}_beyond: all >= train_len)
+    d.eval_regions = ("all",)
     d.train_size = 100_000  # 0: fresh examples every step
     d.eval_size = 1024  # examples per eval split
     d.batch_size = 64
@@ -75,8 +89,13 @@ def generate(
     min_len: int,
     max_len: int,
     lookback: int = 1,
+    region: tuple[int, int] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Examples ``indices``: lengths uniform in ``[min_len, max_len]``, padded to ``width``."""
+    """Examples ``indices``: lengths uniform in ``[min_len, max_len]``, padded to ``width``.
+
+    ``region = (lo, hi)`` puts every label-deciding token at a position in ``[lo, hi)`` (the
+    marker and the token ``lookback`` before it; A and B); ``None`` is ``[0, length)``.
+    """
     b = len(indices)
     bits = random_bits(seed, stream, indices, width + 3)
     tokens = (1 + bits[:, :width] % np.uint64(num_tokens)).astype(np.int32)
@@ -85,16 +104,18 @@ def generate(
     pos = np.arange(width)[None, :]
     valid = pos < length[:, None]
     rows = np.arange(b)
+    lo, hi = (0, length) if region is None else region
+    lo, hi = np.broadcast_to(np.int64(lo), (b,)), np.broadcast_to(np.asarray(hi, np.int64), (b,))
     if task == "order_lookback":
-        marker = lookback + (bits[:, width + 1] % (length - lookback).astype(np.uint64)).astype(
-            np.int64
-        )
+        first = lo + lookback  # the marker's first position: its target is at >= lo
+        marker = first + (bits[:, width + 1] % (hi - first).astype(np.uint64)).astype(np.int64)
         tokens[rows, marker] = num_tokens + 1
         labels = tokens[rows, marker - lookback] - 1
     elif task == "order_precedence":
-        a = (bits[:, width + 1] % length.astype(np.uint64)).astype(np.int64)
-        shift = 1 + (bits[:, width + 2] % (length - 1).astype(np.uint64)).astype(np.int64)
-        bpos = (a + shift) % length
+        size = hi - lo
+        a = lo + (bits[:, width + 1] % np.asarray(size, np.uint64)).astype(np.int64)
+        shift = 1 + (bits[:, width + 2] % np.asarray(size - 1, np.uint64)).astype(np.int64)
+        bpos = lo + (a - lo + shift) % size
         tokens[rows, a] = num_tokens + 1
         tokens[rows, bpos] = num_tokens + 2
         labels = (a < bpos).astype(np.int32)
@@ -136,13 +157,28 @@ class OrderTask(base.Dataset):
             )
         if not self.eval_lengths or min(self.eval_lengths) < need:
             raise ValueError(f"{task}: eval_lengths must be non-empty and >= {need}")
+        self.eval_regions = tuple(str(r) for r in c.eval_regions)
+        if not self.eval_regions or any(r not in REGIONS for r in self.eval_regions):
+            raise ValueError(
+                f"{task}: eval_regions {self.eval_regions} must be a non-empty subset of "
+                f"{list(REGIONS)}"
+            )
+        if (
+            set(self.eval_regions) - {"all"}
+            and min(self.train_len, max(self.eval_lengths) - self.train_len) < need
+        ):
+            raise ValueError(
+                f"{task}: eval_regions 'within'/'beyond' need train_len >= {need} and an eval "
+                f"length >= train_len + {need}, got train_len={self.train_len}, "
+                f"eval_lengths={self.eval_lengths}"
+            )
         if int(c.eval_size) <= 0 or int(c.train_size) < 0:
             raise ValueError(f"{task}: eval_size must be > 0 and train_size >= 0")
         self.train_size = int(c.train_size)
         self.train_batch_size = int(c.batch_size)
         self.eval_batch_size = int(c.eval_batch_size)
         self._check_batch_sizes()
-        self.eval_splits = tuple(f"len_{n}" for n in self.eval_lengths)
+        self.eval_splits = tuple(self._split_names())
         self.info = {
             "task": "classification",
             "num_classes": self.num_tokens if task == "order_lookback" else 2,
@@ -151,6 +187,26 @@ class OrderTask(base.Dataset):
             "max_len": max(self.train_len, *self.eval_lengths),
             "train_size": self.train_size,
         }
+
+    def _split_names(self):
+        """``len_{n}`` (region 'all') for every eval length; ``len_{n}_within`` and
+        ``len_{n}_beyond`` where the length leaves room past ``train_len``."""
+        need = self.lookback + 1 if self.name == "order_lookback" else 2
+        for n in self.eval_lengths:
+            for region in self.eval_regions:
+                if region == "all":
+                    yield f"len_{n}"
+                elif n - self.train_len >= need:
+                    yield f"len_{n}_{region}"
+
+    def _region(self, split: str) -> tuple[int, int, tuple[int, int] | None]:
+        """``(length, stream offset, region)`` of eval split ``len_{n}[_{region}]``."""
+        n, _, region = split.removeprefix("len_").partition("_")
+        n = int(n)
+        if not region:
+            return n, 0, None
+        bounds = {"within": (0, self.train_len), "beyond": (self.train_len, n)}[region]
+        return n, 100 * REGIONS.index(region), bounds
 
     def _examples(self, split, indices):
         kw = dict(
@@ -169,9 +225,11 @@ class OrderTask(base.Dataset):
                 max_len=self.train_len,
                 **kw,
             )
-        n = int(split.removeprefix("len_"))
-        stream = task_stream + base.EVAL_STREAM + 1_000 * n
-        return generate(self.name, indices, stream=stream, width=n, min_len=n, max_len=n, **kw)
+        n, offset, region = self._region(split)
+        stream = task_stream + base.EVAL_STREAM + 1_000 * n + offset
+        return generate(
+            self.name, indices, stream=stream, width=n, min_len=n, max_len=n, region=region, **kw
+        )
 
     def _eval_size(self, split):
         return int(self.config.eval_size)

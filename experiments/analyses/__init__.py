@@ -9,11 +9,13 @@ and writes ``ablation_<KIND>.md`` and its PNGs into RUNDIR. Quantities that need
 Modules: :mod:`.cells` (per-seed outcomes of a sweep's cells), :mod:`.tables` (rows, statistics,
 markdown), :mod:`.plots` (figures on ``matplotlib.figure.Figure``, no global backend),
 :mod:`.theory` (kernel x subset, Q-only, over-parameterisation), :mod:`.tasks` (real tasks:
-kernels, length extrapolation).
+kernels, length extrapolation), :mod:`.positions` (position features past the training length,
+parameter counts), :mod:`.stats` and :mod:`.comparisons` (paired tests between arms).
 """
 
 from __future__ import annotations
 
+from experiments.analyses.positions import positions
 from experiments.analyses.small_model import small_model
 from experiments.analyses.tasks import extrapolation, kernels
 from experiments.analyses.theory import kernel_subsets, overparam, q_only
@@ -25,6 +27,16 @@ ANALYSES = {
     "kernels": kernels,
     "extrapolation": extrapolation,
     "small_model": small_model,
+    "positions": positions,
 }
 
-__all__ = ["ANALYSES", "extrapolation", "kernel_subsets", "kernels", "overparam", "q_only"]
+__all__ = [
+    "ANALYSES",
+    "extrapolation",
+    "kernel_subsets",
+    "kernels",
+    "overparam",
+    "positions",
+    "q_only",
+    "small_model",
+]

@@ -1,41 +1,59 @@
-"""The command line of the analyses: ``python -m experiments.analyses KIND RUNDIR``."""
+"""The command line of the analyses: ``python -m experiments.analyses KIND RUNDIR``.
+
+``main(argv)`` takes the arguments after the program name (``['q_only', 'runs/abl_q']``); help
+and bad input end the process as argparse did (``SystemExit`` 0 and 2), a run directory that
+cannot be read returns 2. Each analysis is ``ANALYSES[kind](rundir) -> markdown``.
+"""
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 
-from experiments import rundirs
+from absl import flags
+
+from experiments import cli, rundirs
 from experiments.analyses import ANALYSES
 
+PROG = "python -m experiments.analyses"
 
-def parser(prog: str = "python -m experiments.analyses") -> argparse.ArgumentParser:
-    kinds = "\n".join(
-        f"  {name:<15} {(fn.__doc__ or '').strip().splitlines()[0]}"
-        for name, fn in ANALYSES.items()
+
+def first_sentence(doc: str) -> str:
+    paragraph = cli.one_line(doc.strip().split("\n\n")[0])
+    return paragraph.split(". ")[0].rstrip(".") + "."
+
+
+def usage(prog: str = PROG, *, full: bool = False) -> str:
+    kinds = [(name, first_sentence(fn.__doc__ or "")) for name, fn in ANALYSES.items()]
+    return cli.help_text(
+        f"usage: {prog} KIND RUNDIR",
+        "Tables and figures from a sweep's run directories (reads them only); writes "
+        "RUNDIR/ablation_KIND.md and its PNGs and prints the markdown. Quantities that need the "
+        "model (sharpness, minima) are computed first by python -m experiments.measure.",
+        [],
+        epilog="analyses (KIND):\n" + cli.table(kinds) + "\n\nRUNDIR: the sweep's --workdir\n\n"
+        "exit status: 0 written; 2 bad input or an unreadable run directory (one line on "
+        "stderr).",
+        full=full,
     )
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description="Tables and figures from a sweep's run directories (reads them only); "
-        "writes RUNDIR/ablation_KIND.md and its PNGs and prints the markdown.",
-        epilog=f"analyses:\n{kinds}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("kind", choices=list(ANALYSES), metavar="KIND", help="the analysis to run")
-    p.add_argument("rundir", type=pathlib.Path, metavar="RUNDIR", help="the sweep's --workdir")
-    return p
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m experiments.analyses") -> int:
-    args = parser(prog).parse_args(sys.argv[1:] if argv is None else argv)
-    if not args.rundir.is_dir():
-        print(f"error: run directory {str(args.rundir)!r} does not exist", file=sys.stderr)
-        return 2
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if kind := cli.help_requested(argv):
+        print(usage(prog, full=kind == "full"), end="")
+        sys.exit(0)
+    args = cli.parse(flags.FlagValues(), [prog, *argv])
+    if len(args) != 2:
+        cli.fail(f"expected KIND RUNDIR, got {args or 'nothing'}; usage: {prog} KIND RUNDIR")
+    kind, rundir = args[0], pathlib.Path(args[1])
+    if kind not in ANALYSES:
+        cli.fail(f"unknown analysis {kind!r}; valid: {list(ANALYSES)}")
+    if not rundir.is_dir():
+        return cli.error(f"run directory {str(rundir)!r} does not exist")
     try:
-        text = ANALYSES[args.kind](args.rundir)
+        text = ANALYSES[kind](rundir)
     except (FileNotFoundError, rundirs.RunDirError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return cli.error(e)
     print(text)
     return 0

@@ -231,3 +231,34 @@ def accuracy_vs_length(curves: dict[str, tuple[np.ndarray, np.ndarray]], path) -
     ax.set_ylabel("accuracy (mean ± std over seeds)")
     ax.legend(fontsize=7)
     _save(fig, path)
+
+
+def position_features(panels: list[tuple[str, np.ndarray, int]], path: pathlib.Path) -> None:
+    """Per encoding (rows): one seed's position features as a map (positions x features)
+    and, over every seed, the feature norm and the step between neighbouring positions;
+    ``panels``: ``(label, features [seeds, T, D], training length L)``."""
+    fig = Figure(figsize=(10.0, 2.3 * len(panels)))
+    axes = fig.subplots(len(panels), 2, squeeze=False)
+    for (label, feats, train_len), (ax_map, ax_norm) in zip(panels, axes, strict=True):
+        first = feats[0]
+        scale = float(np.abs(first).max()) or 1.0
+        image = ax_map.imshow(
+            first.T, aspect="auto", cmap="RdBu_r", vmin=-scale, vmax=scale, origin="lower"
+        )
+        fig.colorbar(image, ax=ax_map, fraction=0.04)
+        ax_map.axvline(train_len - 0.5, color="black", lw=1.0, ls="--")
+        ax_map.set_title(f"{label}: seed 0", fontsize=8)
+        ax_map.set_ylabel("feature", fontsize=8)
+        positions = np.arange(feats.shape[1])
+        norm = np.linalg.norm(feats, axis=-1)  # [seeds, T]
+        step = np.linalg.norm(np.diff(feats, axis=1), axis=-1)  # [seeds, T - 1]
+        for values, x, name, c in ((norm, positions, "‖p_i‖", 0), (step, positions[1:],
+                                   "‖p_i − p_(i−1)‖", 1)):  # fmt: skip
+            ax_norm.plot(x, np.median(values, 0), color=color(c), label=f"{name}, median")
+            ax_norm.fill_between(x, values.min(0), values.max(0), color=color(c), alpha=0.2)
+        ax_norm.axvline(train_len - 0.5, color="black", lw=1.0, ls="--")
+        ax_norm.set_yscale("log")
+        ax_norm.legend(fontsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("position (dashed: the training length L; right of it never trained)")
+    _save(fig, path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import pathlib
 
@@ -105,19 +106,63 @@ def outcome_row(c: Outcomes) -> dict:
     return row
 
 
+def share_range(x: np.ndarray) -> str:
+    """``12% [0%, 31%]``: median [min, max] of shares, '–' when empty."""
+    x = x[np.isfinite(x)]
+    if not x.size:
+        return "–"
+    lo, mid, hi = (100 * float(v) for v in np.quantile(x, [0.0, 0.5, 1.0]))
+    return f"{mid:.0f}% [{lo:.0f}%, {hi:.0f}%]"
+
+
 def stall_row(c: Outcomes) -> dict:
-    """Is a seed that missed eps at a stationary point (small gradient, monotone loss) or
-    oscillating (large gradient, loss going up and down: step size above 2 / sharpness)?"""
-    no = ~c.converged
-    row = {"cell": c.name, "not reached": str(int(no.sum()))}
-    row["not reached baseline"] = str(int((~c.converged_baseline & ~c.baseline_unknown).sum()))
-    for label, mask in (("reached", c.converged), ("not reached", no)):
-        g, up = c.final_grad_norm[mask], c.loss_increases[mask]
-        row[f"final grad norm ({label})"] = fmt(float(np.nanmedian(g))) if g.size else "–"
-        row[f"logged steps with loss up ({label})"] = (
-            f"{100 * float(np.nanmedian(up)):.0f}%" if up.size else "–"
+    """Is a seed that missed a criterion at a stationary point (small gradient, monotone loss)
+    or oscillating (large gradient, loss going up and down: step size above 2 / sharpness)?
+    Live seeds only (a diverged seed is neither)."""
+    live = ~c.diverged
+    missed_baseline = live & ~c.converged_baseline & ~c.baseline_unknown
+    row = {"cell": c.name, "not reached eps": str(int((live & ~c.converged).sum()))}
+    row["not reached baseline"] = str(int(missed_baseline.sum()))
+    groups = (
+        ("reached eps", live & c.converged),
+        ("not reached eps", live & ~c.converged),
+        ("not reached baseline", missed_baseline),
+    )
+    for label, mask in groups:
+        g = c.final_grad_norm[mask]
+        row[f"final grad norm ({label}): median [min, max]"] = quantiles(g) if g.size else "–"
+        row[f"logged intervals with loss up ({label}): median [min, max]"] = share_range(
+            c.loss_increases[mask]
         )
     return row
+
+
+def draw_rows(cells: list[Outcomes], field: str = "model.kernel") -> list[dict]:
+    """Per value of ``field`` and data draw: the baseline loss (the best constant predictor's,
+    a property of the draw's targets) and the initial loss over all seeds of those cells."""
+    from experiments.analyses.cells import field_of
+
+    groups: dict[tuple[str, str], list[tuple[Outcomes, np.ndarray]]] = {}
+    for c in cells:
+        for draw, mask in zip(c.draws, by_draw(c), strict=True):
+            groups.setdefault((str(field_of(c, field)), draw), []).append((c, mask))
+    rows = []
+    for (value, draw), members in groups.items():
+        with np.errstate(divide="ignore", invalid="ignore"):
+            baseline = np.concatenate(
+                [c.final_loss[m] / c.baseline_relative_final_loss[m] for c, m in members]
+            )
+        initial = np.concatenate([c.initial_loss[m] for c, m in members])
+        rows.append(
+            {
+                field.rsplit(".", 1)[-1]: value,
+                "draw": draw,
+                "baseline loss": quantiles(baseline),
+                "initial loss": quantiles(initial),
+                "initial/baseline loss": quantiles(initial / np.nanmedian(baseline)),
+            }
+        )
+    return rows
 
 
 def init_row(c: Outcomes, quantities=INIT_QUANTITIES) -> dict:
@@ -219,7 +264,25 @@ def teacher_rows(cells: list[Outcomes]) -> str:
     return "\n## Targets per cell\n\n" + markdown(rows)
 
 
-def write(root: pathlib.Path, kind: str, text: str) -> str:
-    """Writes ``root/ablation_<kind>.md``; returns the text."""
+def jsonable(x):
+    """Non-finite floats as None (JSON has no nan), NumPy scalars as Python numbers."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def write(root: pathlib.Path, kind: str, text: str, figures: dict | None = None) -> str:
+    """Writes ``root/ablation_<kind>.md`` and, with ``figures`` (the numbers the verdicts cite:
+    paired comparisons, per-seed values), ``root/ablation_<kind>.json``; returns the text."""
     (root / f"ablation_{kind}.md").write_text(text)
+    if figures is not None:
+        (root / f"ablation_{kind}.json").write_text(
+            json.dumps(jsonable(figures), indent=1, sort_keys=True, allow_nan=False) + "\n"
+        )
     return text

@@ -16,7 +16,7 @@ import pathlib
 import numpy as np
 
 from experiments.analyses import cells as cells_lib
-from experiments.analyses import plots, tables
+from experiments.analyses import comparisons, plots, tables
 from experiments.analyses.cells import Outcomes, field_of, short_key
 
 INIT_INTRO = (
@@ -52,9 +52,42 @@ def kernel_subsets(root: pathlib.Path) -> str:
     text = tables.header("Ablation: kernel x trainable subset", root, cells)
     text += "## Outcome per cell\n\n" + OUTCOME_INTRO
     text += tables.markdown([tables.outcome_row(c) for c in cells]) + tables.teacher_rows(cells)
+    text += draws_section(cells)
+    comparison, figures = kernel_comparison_section(cells)
+    text += comparison + stall_section(cells)
     text += "\n## Initialisation vs convergence\n\n" + INIT_INTRO
     text += tables.markdown([tables.init_row(c) for c in cells]) + FIGURES
-    return tables.write(root, "kernel_subsets", text)
+    return tables.write(root, "kernel_subsets", text, figures)
+
+
+def draws_section(cells: list[Outcomes]) -> str:
+    return (
+        "\n## Data draws\n\nPer kernel and draw, median [min, max] over the seeds of every "
+        "cell: the baseline loss (the best constant predictor's on the draw's targets), the "
+        "initial loss, and their ratio (> 1: the baseline criterion is the stricter one).\n\n"
+        + tables.markdown(tables.draw_rows(cells))
+    )
+
+
+def kernel_comparison_section(cells: list[Outcomes]) -> tuple[str, dict]:
+    """Each kernel against softmax, paired by draw and seed; the JSON figures beside it."""
+    rows, records = comparisons.against_reference(
+        cells, "model.kernel", "softmax", comparisons.THEORY_QUANTITIES
+    )
+    if not rows:
+        return "", {"comparisons": []}
+    text = "\n## Paired comparison with softmax\n\n" + comparisons.THEORY_INTRO
+    return text + tables.markdown(rows), {"comparisons": records}
+
+
+def stall_section(cells: list[Outcomes]) -> str:
+    return (
+        "\n## Stalled or oscillating?\n\nLive seeds (not diverged) by outcome: the gradient "
+        "norm at the last logged step and the share of logged intervals over which the loss "
+        "went up, median [min, max] over seeds (a seed at a stationary point has a small "
+        "gradient; one descending monotonically has 0% of intervals up).\n\n"
+        + tables.markdown([tables.stall_row(c) for c in cells])
+    )
 
 
 def read_sharpness(run: Outcomes) -> dict | None:
@@ -111,13 +144,7 @@ def q_only(root: pathlib.Path) -> str:
             "before they met the baseline level.\n\n"
         )
     text += tables.markdown([tables.outcome_row(c) for c in pooled]) + tables.teacher_rows(pooled)
-    text += (
-        "\n## Stalled or oscillating?\n\nSeeds that missed eps, and those that missed the "
-        "baseline level; medians over seeds of the gradient norm at the last logged step and of "
-        "the share of logged intervals over which the loss increased, split by eps (a seed at a "
-        "sub-optimal stationary point has a small gradient and a monotone loss).\n\n"
-    )
-    text += tables.markdown([tables.stall_row(c) for c in pooled])
+    text += draws_section(pooled) + stall_section(pooled)
     text += sharpness_section(root, pooled, runs)
     text += "\n## Initialisation vs convergence\n\n"
     text += tables.markdown([tables.init_row(c) for c in pooled]) + FIGURES
@@ -138,7 +165,10 @@ def overparam(root: pathlib.Path) -> str:
         d = float(field_of(c, "model.dim"))
         n_n = float(field_of(c, "data.num_samples")) * float(field_of(c, "data.seq_len"))
         others = [f"{short_key(k)}={v}" for k, v in c.fields.items() if k != "model.dim"]
-        by_series.setdefault(",".join(others) or "all", []).append((d / n_n, c))
+        # a nested sweep (e.g. one per d with its own sigma2) is a series of its own
+        sweep = c.group.split("/")[0]
+        label = ",".join(others) or "all"
+        by_series.setdefault(f"{sweep}: {label}" if sweep else label, []).append((d / n_n, c))
     series, rows = {}, []
     for label, points in by_series.items():
         points.sort(key=lambda p: p[0])
@@ -158,5 +188,7 @@ def overparam(root: pathlib.Path) -> str:
     plots.overparam(series, root / "overparam.png")
     text = tables.header("Ablation: over-parameterisation d / (nN)", root, cells)
     text += OUTCOME_INTRO + tables.markdown(rows) + tables.teacher_rows(cells)
+    comparison, figures = kernel_comparison_section(cells)
+    text += comparison + stall_section(cells)
     text += "\n![over-parameterisation](overparam.png)\n"
-    return tables.write(root, "overparam", text)
+    return tables.write(root, "overparam", text, figures)
