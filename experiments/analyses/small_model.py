@@ -184,6 +184,7 @@ def small_model(root: pathlib.Path) -> str:
         if m is not None:
             groups.setdefault(group_key(run), []).append((run, m))
     text = tables.header("Ablation: small models, only W_Q trained", root, runs)
+    text += tables.runtime(runs)
     if missing:
         text += (
             f"({missing} run(s) not measured yet: `python -m experiments.measure minima "

@@ -256,6 +256,18 @@ def header(title: str, root: pathlib.Path, cells: list[Outcomes]) -> str:
     return text + "\n\n"
 
 
+def runtime(runs: list[Outcomes]) -> str:
+    """How long the runs took, from their summaries (each run's own wall clock from start to
+    end of training: compilation, steps, evaluation and checkpoints; not interpreter start)."""
+    wall = [float(r.summary.get("wall_seconds") or 0.0) for r in runs]
+    compile_ = [float(r.summary.get("compile_seconds") or 0.0) for r in runs]
+    return (
+        f"Runs: {len(runs)}, {sum(wall) / 60:.1f} min wall in total (summary.json "
+        f"wall_seconds; {sum(compile_) / 60:.1f} min of it compiling), median "
+        f"{float(np.median(wall)):.0f} s per run.\n\n"
+    )
+
+
 def teacher_rows(cells: list[Outcomes]) -> str:
     """Per cell where its targets come from, when the cells differ (else the header says it)."""
     if len({teacher_of(c) for c in cells}) <= 1:

@@ -127,7 +127,8 @@ def kernels(root: pathlib.Path) -> str:
         {label: comparisons.pooled(of, cells) for label, of in quantities.items()},
     )
     text = f"# Kernels on a real task\n\nRun directory: `{root}`. Data draws: "
-    text += ", ".join(sorted({d for c in cells for d in c.draws})) + ".\n\n"
+    text += ", ".join(sorted({d for c in cells for d in c.draws})) + ". "
+    text += tables.runtime(cells)
     text += tables.markdown([kernels_row(c) for c in cells])
     text += f"\n## How soon ({split} accuracy)\n\n"
     text += tables.markdown([speed_row(c, curves[c.name]) for c in cells])
@@ -242,7 +243,8 @@ def extrapolation(root: pathlib.Path) -> str:
     )
     if chance is not None:
         text += f"Chance: {chance:.4f} (labels uniform over {round(1 / chance)} classes). "
-    text += "\n\n## Test accuracy (mean ± sample std over seeds)\n\n" + tables.markdown(rows)
+    text += tables.runtime(cells)
+    text += "## Test accuracy (mean ± sample std over seeds)\n\n" + tables.markdown(rows)
     if paired_rows:
         text += (
             "\n## Paired difference with sinusoidal\n\nEach encoding minus sinusoidal, seed "

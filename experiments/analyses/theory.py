@@ -40,7 +40,8 @@ def kernel_subsets(root: pathlib.Path) -> str:
     """Kernel x trainable subset: outcome table, init quantities vs convergence, plots."""
     from experiments import report
 
-    cells = cells_lib.merge_draws(cells_lib.load_all(root))
+    runs = cells_lib.load_all(root)
+    cells = cells_lib.merge_draws(runs)
     plots.init_scatter(
         cells,
         root / "init_vs_convergence.png",
@@ -50,6 +51,7 @@ def kernel_subsets(root: pathlib.Path) -> str:
     plots.final_loss(cells, root / "final_loss_distribution.png")
     report.write_report(root)  # report.md and loss_curves.png, the runner's standard view
     text = tables.header("Ablation: kernel x trainable subset", root, cells)
+    text += tables.runtime(runs)
     text += "## Outcome per cell\n\n" + OUTCOME_INTRO
     text += tables.markdown([tables.outcome_row(c) for c in cells]) + tables.teacher_rows(cells)
     text += draws_section(cells)
@@ -137,6 +139,7 @@ def q_only(root: pathlib.Path) -> str:
         root / "loss_curves.png",
     )
     text = tables.header("Ablation: only W_Q trained, realisable targets", root, pooled)
+    text += tables.runtime(runs)
     text += "## Outcome per kernel (seeds and draws pooled)\n\n" + OUTCOME_INTRO
     if any(c.baseline_unknown.any() for c in pooled):
         text += (
@@ -159,7 +162,8 @@ def live_relative_loss(c: Outcomes) -> float:
 
 def overparam(root: pathlib.Path) -> str:
     """d relative to n*N: fraction converged and sigma_min(Phi) per d, per subset/kernel."""
-    cells = cells_lib.merge_draws(cells_lib.load_all(root))
+    runs = cells_lib.load_all(root)
+    cells = cells_lib.merge_draws(runs)
     by_series: dict[str, list[tuple[float, Outcomes]]] = {}
     for c in cells:
         d = float(field_of(c, "model.dim"))
@@ -187,6 +191,7 @@ def overparam(root: pathlib.Path) -> str:
             rows.append(row)
     plots.overparam(series, root / "overparam.png")
     text = tables.header("Ablation: over-parameterisation d / (nN)", root, cells)
+    text += tables.runtime(runs)
     text += OUTCOME_INTRO + tables.markdown(rows) + tables.teacher_rows(cells)
     comparison, figures = kernel_comparison_section(cells)
     text += comparison + stall_section(cells)
