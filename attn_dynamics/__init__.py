@@ -8,7 +8,7 @@ it, start without JAX.
 import importlib
 
 __all__ = ["attention", "freezing", "kernels", "models", "position"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one version source: pyproject reads it; CHANGELOG, CITATION match
 
 
 def __getattr__(name: str):

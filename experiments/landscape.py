@@ -24,13 +24,14 @@ import pathlib
 import sys
 import time
 
-import jax
 import numpy as np
 from absl import flags
-from matplotlib.figure import Figure
 from ml_collections import config_flags
 
-from experiments import checkpointing, measure, rundirs
+from experiments import cli, rundirs, validation
+from experiments import run as run_cli
+
+DEFAULT_WORKDIR = "runs/landscape"
 
 
 def is_finished(workdir: pathlib.Path) -> bool:
@@ -39,8 +40,10 @@ def is_finished(workdir: pathlib.Path) -> bool:
 
 
 def analyse_kernel(config, kernel: str, root: pathlib.Path) -> dict:
+    import jax
+
     from attn_dynamics import diagnostics
-    from experiments import train
+    from experiments import checkpointing, measure, train
 
     run = copy.deepcopy(config.run)
     run.model.kernel = kernel
@@ -101,6 +104,8 @@ def analyse_kernel(config, kernel: str, root: pathlib.Path) -> dict:
 
 def plot(results: list[dict], root: pathlib.Path) -> None:
     """Contours and 3-D surfaces, on ``Figure`` objects (a notebook's backend is left alone)."""
+    from matplotlib.figure import Figure
+
     surfaces = [r["surface"] for r in results]
     lo = min(float(s.min()) for s in surfaces)
     hi = max(float(np.percentile(s, 98)) for s in surfaces)
@@ -199,33 +204,58 @@ def run(config, root: pathlib.Path) -> str:
     return text
 
 
-HELP_FLAGS = ("-h", "-help", "--help", "--helpshort", "--helpfull")
+def usage(argv: list[str] | None = None, *, full: bool = False) -> str:
+    prog = cli.program(argv, "landscape")
+    fv = flags.FlagValues()
+    run_cli.define_flags(fv, [prog])
+    return cli.help_text(
+        f"usage: {prog} --config=FILE[:VARIANT] [--config.FIELD=VALUE ...] [--workdir=DIR]",
+        "For every kernel of config.kernels: train config.run with it into "
+        "WORKDIR/kernel=<name> (a finished run is reused, an unfinished one resumes), then "
+        "evaluate the training loss on a 2-D grid along two filter-normalised random "
+        "directions around the trained weights, and the top Hessian eigenvalue at "
+        "initialisation and after training. Writes landscape.npz, landscape.json, "
+        "landscape.md and the contour and surface PNGs into WORKDIR.",
+        [*run_cli.config_rows(), ("--workdir=DIR", f"Output directory ({DEFAULT_WORKDIR}).")],
+        epilog=f"e.g. {prog} --config=landscape:theory --workdir=runs/ls_th\n\n"
+        "exit status: 0 written; 2 bad input (one line on stderr).",
+        full=full,
+    )
+
+
+def parse(argv: list[str]):
+    """``(config, workdir)``: the landscape config (its ``config.run`` validated), or exit 2
+    with one line, before JAX is imported."""
+    argv, _ = run_cli.with_resolved_config(argv)
+    fv = flags.FlagValues()
+    holder = config_flags.DEFINE_config_file(
+        "config", None, "configs/landscape.py[:args]", flag_values=fv, lock_config=True,
+        sys_argv=argv,
+    )  # fmt: skip
+    workdir = flags.DEFINE_string("workdir", DEFAULT_WORKDIR, "Output directory.", flag_values=fv)
+    config, rest = run_cli.parse_config(fv, holder, argv)
+    if rest:
+        cli.fail(f"unexpected argument {rest[0]!r}; flags are --name=value (see --help)")
+    if "run" not in config or "kernels" not in config:
+        cli.fail("not a landscape config (it needs config.run and config.kernels), e.g. "
+                 "--config=landscape")  # fmt: skip
+    try:
+        for kernel in config.kernels:  # each kernel's run, as analyse_kernel trains it
+            cell = copy.deepcopy(config.run)
+            cell.model.kernel = kernel
+            validation.validate(cell)
+    except validation.ConfigError as e:
+        cli.fail(e)
+    return config, pathlib.Path(workdir.value)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
-    if any(a in HELP_FLAGS for a in argv[1:]):
-        print(__doc__.strip())
-        print("\nflags:\n  --config=FILE[:ARGS]  required, e.g. configs/landscape.py:theory")
-        print("  --config.FIELD=VALUE  override a field of the config")
-        print("  --workdir=DIR         output directory (default runs/landscape)")
+    if kind := cli.help_requested(argv[1:]):
+        print(usage(argv, full=kind == "full"), end="")
         return 0
-    # Flags are defined here, not at import: the module is also a library (tests, notebooks)
-    # used in processes where experiments.run has already defined --config.
-    config_flag = config_flags.DEFINE_config_file(
-        "config", None, "configs/landscape.py[:args]", lock_config=True
-    )
-    workdir_flag = flags.DEFINE_string("workdir", "runs/landscape", "Output directory.")
-    try:
-        flags.FLAGS(argv)
-    except (flags.Error, ValueError) as e:  # unknown flag, bad value, unknown config variant
-        last = (str(e).strip().splitlines() or [type(e).__name__])[-1]  # not the traceback
-        print(f"error: {last.strip()}", file=sys.stderr)
-        return 2
-    if config_flag.value is None:
-        print("error: --config is required, e.g. --config=configs/landscape.py", file=sys.stderr)
-        return 2
-    print(run(config_flag.value, pathlib.Path(workdir_flag.value)))
+    config, workdir = parse(argv)
+    print(run(config, workdir))
     return 0
 
 

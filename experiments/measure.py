@@ -17,16 +17,15 @@ these files.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import pathlib
 import sys
 
-import jax
-import jax.numpy as jnp
 import ml_collections
+from absl import flags
 
-from experiments import checkpointing, rundirs
+from experiments import cli, rundirs
 
 SHARPNESS_ITERS = 300  # power iterations per estimate (each stops earlier once converged)
 SHARPNESS_TOL = 1e-5
@@ -39,6 +38,8 @@ def problem(run_config, loss_batches: int = 1):
     whole data set for full-batch configs); ``mask`` marks the trained leaves of one seed's
     parameters.
     """
+    import jax
+
     from attn_dynamics import data, freezing
     from experiments import train
 
@@ -61,6 +62,9 @@ def problem(run_config, loss_batches: int = 1):
 
 def seed_params(stacked, index: int):
     """One seed's parameters from a tree with a leading seed axis."""
+    import jax
+    import jax.numpy as jnp
+
     return jax.tree.map(lambda a: jnp.asarray(a[index]), stacked)
 
 
@@ -68,8 +72,11 @@ def sharpness(
     run_dir: pathlib.Path, *, num_iters: int = SHARPNESS_ITERS, tol: float = SHARPNESS_TOL
 ) -> dict:
     """The figures of ``sharpness.json`` for one finished run (see the module docstring)."""
+    import jax
+
     from attn_dynamics import diagnostics
     from attn_dynamics.data import student_teacher
+    from experiments import checkpointing
 
     config = ml_collections.ConfigDict(rundirs.read_config(run_dir))
     _, loss, init, mask = problem(config)
@@ -122,32 +129,76 @@ def measure_runs(
     return written
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.measure",
-        description="Compute quantities from finished runs' checkpoints into their run dirs.",
+PROG = "python -m experiments.measure"
+
+
+@dataclasses.dataclass(frozen=True)
+class MeasureFlags:
+    iters: flags.FlagHolder
+    tol: flags.FlagHolder
+    force: flags.FlagHolder
+
+
+def define_flags(fv: flags.FlagValues) -> MeasureFlags:
+    return MeasureFlags(
+        iters=flags.DEFINE_integer(
+            "iters", SHARPNESS_ITERS, "sharpness: power iterations per estimate.", flag_values=fv
+        ),
+        tol=flags.DEFINE_float(
+            "tol", SHARPNESS_TOL, "sharpness: relative tolerance that ends them.", flag_values=fv
+        ),
+        force=flags.DEFINE_boolean(
+            "force", False, "Recompute runs that already have the file.", flag_values=fv
+        ),
     )
-    parser.add_argument("measure", choices=sorted(MEASURES), help="what to compute")
-    parser.add_argument("rundir", type=pathlib.Path, help="a run directory or a sweep root")
-    parser.add_argument("--iters", type=int, default=SHARPNESS_ITERS, help="power iterations")
-    parser.add_argument("--tol", type=float, default=SHARPNESS_TOL, help="relative tolerance")
-    parser.add_argument("--force", action="store_true", help="recompute existing files")
-    return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    if not args.rundir.is_dir():
-        print(f"error: run directory {str(args.rundir)!r} does not exist", file=sys.stderr)
-        return 2
+def usage(prog: str = PROG, only: str | None = None, *, full: bool = False) -> str:
+    fv = flags.FlagValues()
+    define_flags(fv)
+    what = "" if only else f"{{{'|'.join(sorted(MEASURES))}}} "
+    return cli.help_text(
+        f"usage: {prog} {what}RUNDIR [--iters=N] [--tol=X] [--force]",
+        "Compute quantities from finished runs' checkpoints into their run directories "
+        "(RUNDIR: one run or a sweep root; every finished run under it): sharpness writes "
+        "sharpness.json (top Hessian eigenvalue per seed), minima writes minima.json (Q-only "
+        "runs: global optimum, sub-optimal local minimum or neither). The analyses "
+        "(python -m experiments.analyses) read these files.",
+        cli.flag_rows(fv),
+        epilog="exit status: 0 written (or nothing left to measure); 2 bad input or no finished "
+        "run under RUNDIR (one line on stderr).",
+        full=full,
+    )
+
+
+def main(argv: list[str] | None = None, prog: str = PROG, only: str | None = None) -> int:
+    """``argv``: the arguments after the program name (``['sharpness', 'runs/x']``; with
+    ``only``, the measure to take, just ``['runs/x']``)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if kind := cli.help_requested(argv):
+        print(usage(prog, only, full=kind == "full"), end="")
+        sys.exit(0)
+    fv = flags.FlagValues()
+    f = define_flags(fv)
+    args = cli.parse(fv, [prog, *argv])
+    if only is not None:
+        if len(args) != 1:
+            cli.fail(f"expected RUNDIR, got {args or 'nothing'}; usage: {prog} RUNDIR [--force]")
+        args = [only, *args]
+    if len(args) != 2 or args[0] not in MEASURES:
+        cli.fail(f"expected MEASURE RUNDIR with MEASURE one of {sorted(MEASURES)}, got {args}")
+    if f.iters.value < 1 or not f.tol.value > 0:
+        cli.fail(f"--iters must be >= 1 and --tol > 0, got {f.iters.value} and {f.tol.value}")
+    what, rundir = args[0], pathlib.Path(args[1])
+    if not rundir.is_dir():
+        return cli.error(f"run directory {str(rundir)!r} does not exist")
     try:
-        if not finished_runs(args.rundir):
-            raise FileNotFoundError(f"no finished run (summary.json) under {str(args.rundir)!r}")
-        options = {"num_iters": args.iters, "tol": args.tol} if args.measure == "sharpness" else {}
-        written = measure_runs(args.rundir, args.measure, force=args.force, **options)
+        if not finished_runs(rundir):
+            raise FileNotFoundError(f"no finished run (summary.json) under {str(rundir)!r}")
+        options = {"num_iters": f.iters.value, "tol": f.tol.value} if what == "sharpness" else {}
+        written = measure_runs(rundir, what, force=f.force.value, **options)
     except (rundirs.RunDirError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return cli.error(e)
     for path in written:
         print(f"{path}: {path.read_text().strip()}")
     return 0

@@ -213,3 +213,15 @@ def minima(run_dir: pathlib.Path, tol: Tolerances = Tolerances()) -> dict:
             w, direction = np.asarray(worst["w_q"]), np.asarray(worst["softest_direction"])
             out["slice"] = {"seed": worst["seed"], **slices(loss, params, w, teacher, direction)}
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m experiments.minima RUNDIR [--force]``: the same as ``python -m
+    experiments.measure minima RUNDIR``, which writes ``minima.json``."""
+    from experiments import measure
+
+    return measure.main(argv, prog="python -m experiments.minima", only="minima")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,4 +1,5 @@
-"""Tables and plots from run directories: ``python -m experiments.report DIR``.
+"""Tables and plots from run directories: ``attn-dynamics-report DIR`` (= ``python -m
+experiments.report DIR``).
 
 DIR is one run or a sweep (``sweep.json``, read through :mod:`experiments.rundirs`). Cells that
 differ only in the data draw (``data.seed``) or in the seeds they train (a ``seeds`` axis) are
@@ -22,8 +23,9 @@ import pathlib
 import sys
 
 import numpy as np
+from absl import flags
 
-from experiments import rundirs
+from experiments import cli, rundirs
 from experiments.rundirs import config_value
 
 DRAW_FIELDS = ("data.seed",)  # a new draw of the data: figures per draw, then across draws
@@ -337,27 +339,39 @@ def write_report(root: str | pathlib.Path) -> pathlib.Path:
     return out
 
 
-USAGE = "usage: python -m experiments.report DIR   (a run directory or a sweep's --workdir)"
+def usage(argv: list[str] | None = None, *, full: bool = False) -> str:
+    prog = cli.program(argv, "report")
+    return cli.help_text(
+        f"usage: {prog} DIR   (a run directory or a sweep's --workdir)",
+        "Tables and plots from finished runs: cells that differ only in the data draw "
+        "(data.seed) or in their seeds are one row; each figure is computed per draw, then "
+        "given as the median over draws with its [min, max]. Writes DIR/report.md (printed), "
+        "DIR/report.json and DIR/loss_curves.png; reads the runs, changes none.",
+        [],
+        epilog="exit status: 0 written; 2 bad input or nothing finished under DIR (one line on "
+        "stderr).",
+        full=full,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
-    if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv[1:]):
-        print(__doc__)
-        print(USAGE)
+    if kind := cli.help_requested(argv[1:]):
+        print(usage(argv, full=kind == "full"), end="")
         return 0
-    if len(argv) != 2 or argv[1].startswith("-"):
-        print(f"error: expected one directory; {USAGE}", file=sys.stderr)
-        return 2
-    root = pathlib.Path(argv[1])
+    args = cli.parse(flags.FlagValues(), argv)
+    if len(args) != 1:
+        prog = cli.program(argv, "report")
+        return cli.error(f"expected one directory, got {args or 'none'}; usage: {prog} DIR")
+    root = pathlib.Path(args[0])
     if not root.is_dir():
-        print(f"error: {str(root)!r} is not a directory; {USAGE}", file=sys.stderr)
-        return 2
+        return cli.error(
+            f"{str(root)!r} is not a directory (a run directory or a sweep's --workdir)"
+        )
     try:
         out = write_report(root)
     except (FileNotFoundError, rundirs.RunDirError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return cli.error(e)
     print(out.read_text())
     return 0
 

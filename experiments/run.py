@@ -1,21 +1,26 @@
-"""Entry point: ``python -m experiments.run --config=configs/qk_frozen.py [--workdir=DIR]``.
+"""Entry point: ``attn-dynamics-run --config=qk_frozen [--workdir=DIR]`` (or ``python -m
+experiments.run --config=configs/qk_frozen.py``).
 
 Flags only; the work is ``train.train_and_evaluate(config, workdir)``. Any config field can be
 overridden (``--config.model.kernel=gaussian --config.train.trainable=Q``); ``:smoke`` after
 the file name shrinks the experiment to seconds; ``--show_config`` lists every field with its
-value and comment. Bad input exits with status 2 and one line on stderr, before JAX is imported
-(for configs that do not import it themselves) and before anything is written.
+value and comment. A config is a file path, or the name of a config the package ships
+(``qk_frozen``, ``configs/qk_frozen.py`` outside a checkout). Bad input exits with status 2 and
+one line on stderr, before JAX is imported (for configs that do not import it themselves) and
+before anything is written. Importing this module defines no flags (:func:`define_flags`).
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import datetime
 import importlib.util
 import io
 import logging
 import os
 import pathlib
+import shlex
 import sys
 import textwrap
 import threading
@@ -24,130 +29,197 @@ import tokenize
 from absl import flags
 from ml_collections import config_flags
 
-from experiments import distributed, host, validation
+from experiments import cli, distributed, host, validation
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config",
-    None,
-    "Path to a config file, optionally with ':variant' (e.g. ':smoke'; several: ':cpu,smoke').",
-    lock_config=True,
-)
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Run directory (resumes what is there); default: a fresh one under runs/."
-)
-_SHOW_CONFIG = flags.DEFINE_boolean(
-    "show_config",
-    False,
-    "Print every field of the config (overrides applied) with its value and comment, then exit "
-    "without running.",
-)
-
-_COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "Multi-host: HOST:PORT of process 0's coordination service."
-)
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: how many processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process, 0..N-1.")
-_DISTRIBUTED = flags.DEFINE_boolean(
-    "distributed",
-    False,
-    "Multi-host without the three flags above: JAX detects the cluster (SLURM, TPU pod, MPI).",
-)
-
-HELP_FLAGS = ("-h", "-?", "--help", "-help", "--helpshort", "--helpfull", "-helpfull")
-
-USAGE = """\
-usage: python -m experiments.run --config=FILE[:VARIANT] [--config.FIELD=VALUE ...] \
-[--workdir=DIR]
-       python -m experiments.run --config=FILE[:VARIANT] --show_config
-
-Train the experiment a config file describes, every seed of config.seeds at once, in a run
-directory: config.json, metrics.jsonl (one row per logged step), checkpoints/, summary.json and
-log.txt. Rerunning on the same directory resumes it; a finished run is not retrained.
-
-flags:
-{flags}
-
-config files: {configs}
-  ':VARIANT' after the file name picks a variant the file defines (e.g. ':smoke', a run of
-  seconds); an unknown variant is an error that lists the valid ones.
-
-list a config's fields, values and comments (runs nothing):
-  python -m experiments.run --config=configs/qk_frozen.py --show_config
-
-exit status: 0 done; 1 diverged or failed; 2 bad input (one line on stderr); 130 interrupted.
-"""
+fail = cli.fail  # the name sweeps and scripts use
 
 
-def fail(message: str) -> None:
-    """Exit 2 with one line on stderr (any newline in ``message`` is folded)."""
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-    sys.exit(2)
+@dataclasses.dataclass(frozen=True)
+class RunFlags:
+    """The flags of a run (``sweep`` and ``landscape`` define the same ones beside theirs)."""
+
+    config: flags.FlagHolder
+    workdir: flags.FlagHolder
+    show_config: flags.FlagHolder
+    coordinator_address: flags.FlagHolder
+    num_processes: flags.FlagHolder
+    process_id: flags.FlagHolder
+    distributed: flags.FlagHolder
+
+
+def define_flags(fv: flags.FlagValues, argv: list[str]) -> RunFlags:
+    """Define the run's flags on ``fv``; ``argv`` is what will be parsed (the config flag
+    defines a flag per ``--config.FIELD`` it holds)."""
+    return RunFlags(
+        config=config_flags.DEFINE_config_file(
+            "config",
+            None,
+            "A config file, or the name of one the package ships (qk_frozen), optionally with "
+            "':variant' (e.g. ':smoke'; several: ':cpu,smoke').",
+            flag_values=fv,
+            lock_config=True,
+            sys_argv=argv,
+        ),
+        workdir=flags.DEFINE_string(
+            "workdir",
+            None,
+            "Run directory; rerunning with the same one resumes it. Default: a fresh "
+            "timestamped one under runs/ (printed, with the command that resumes it).",
+            flag_values=fv,
+        ),
+        show_config=flags.DEFINE_boolean(
+            "show_config",
+            False,
+            "Print every field of the config (overrides applied) with its value and comment, "
+            "then exit without running.",
+            flag_values=fv,
+        ),
+        coordinator_address=flags.DEFINE_string(
+            "coordinator_address",
+            None,
+            "Multi-host: HOST:PORT of process 0's coordination service.",
+            flag_values=fv,
+        ),
+        num_processes=flags.DEFINE_integer(
+            "num_processes", None, "Multi-host: how many processes.", flag_values=fv
+        ),
+        process_id=flags.DEFINE_integer(
+            "process_id", None, "Multi-host: this process, 0..N-1.", flag_values=fv
+        ),
+        distributed=flags.DEFINE_boolean(
+            "distributed",
+            False,
+            "Multi-host without the three flags above: JAX detects the cluster (SLURM, TPU "
+            "pod, MPI).",
+            flag_values=fv,
+        ),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Invocation:
+    """A parsed, validated command line."""
+
+    config: object  # ml_collections.ConfigDict
+    workdir: str
+    workdir_given: bool
+    flags: RunFlags
+    argv: tuple[str, ...]
 
 
 # --------------------------------------------------------------------------------------------
 # --help
 
 
-def help_requested(argv: list[str]) -> str | None:
-    """``'full'`` for --helpfull, ``'short'`` for the other help flags, else None."""
-    for a in argv[1:]:
-        if a == "--":
-            break
-        if a in HELP_FLAGS:
-            return "full" if "full" in a else "short"
-    return None
-
-
-def available_configs(directory: pathlib.Path = pathlib.Path("configs")) -> list[str]:
-    """The config files of ``directory`` (not ``__init__.py`` or private helpers)."""
+def available_configs(directory: pathlib.Path | None = None) -> list[str]:
+    """The config files of ``directory`` (not ``__init__.py`` or private helpers); without
+    one, those of ``./configs`` in a checkout, else the names of the configs the package
+    ships."""
+    if directory is None:
+        if pathlib.Path("configs").is_dir():
+            directory = pathlib.Path("configs")
+        elif (packaged := packaged_configs()) is not None:
+            return sorted(p.stem for p in packaged.glob("*.py") if not p.name.startswith("_"))
+        else:
+            return []
     return sorted(str(p) for p in directory.glob("*.py") if not p.name.startswith("_"))
 
 
-def usage(*, full: bool = False) -> str:
-    rows = [
-        ("--config=FILE[:VARIANT]", flags.FLAGS["config"].help + " Required."),
+def config_rows() -> list[tuple[str, str]]:
+    return [
+        (
+            "--config=FILE[:VARIANT]",
+            "A config file, or the name of one the package ships (qk_frozen); ':VARIANT' picks "
+            "a variant the file defines (e.g. ':smoke', a run of seconds). Required.",
+        ),
         (
             "--config.FIELD=VALUE",
             "Override one config field by its dotted path, e.g. --config.model.kernel=gaussian "
             "--config.train.num_steps=200 (repeatable).",
         ),
-        ("--workdir=DIR", flags.FLAGS["workdir"].help),
-        ("--show_config", flags.FLAGS["show_config"].help),
-        ("--coordinator_address=H:P", flags.FLAGS["coordinator_address"].help),
-        ("--num_processes=N", flags.FLAGS["num_processes"].help),
-        ("--process_id=I", flags.FLAGS["process_id"].help),
-        ("--distributed", flags.FLAGS["distributed"].help),
-        ("-h, --help", "This help. --helpfull: also absl's own flags."),
     ]
-    width = max(len(name) for name, _ in rows) + 2
-    table = "\n".join(
-        textwrap.fill(
-            f"{name:<{width}}{text}",
-            100,
-            initial_indent="  ",
-            subsequent_indent=" " * (width + 2),
-        )
-        for name, text in rows
+
+
+def usage(argv: list[str] | None = None, *, full: bool = False) -> str:
+    prog = cli.program(argv, "run")
+    fv = flags.FlagValues()
+    define_flags(fv, [prog])
+    configs = ", ".join(available_configs()) or "(none found)"
+    epilog = "\n".join(
+        [
+            textwrap.fill(f"configs: {configs}", cli.WIDTH, subsequent_indent="  "),
+            "",
+            "list a config's fields, values and comments (runs nothing):",
+            f"  {prog} --config=qk_frozen --show_config",
+            "",
+            "exit status: 0 done; 1 diverged or failed; 2 bad input (one line on stderr); "
+            "130 interrupted.",
+        ]
     )
-    configs = ", ".join(available_configs()) or "(none under ./configs)"
-    configs = textwrap.fill(configs, 100, initial_indent=" " * 14, subsequent_indent="  ")
-    text = USAGE.format(flags=table, configs=configs.strip())
-    if full:
-        text += "\nall flags:\n" + flags.FLAGS.get_help()
-    return text
+    return cli.help_text(
+        f"usage: {prog} --config=FILE[:VARIANT] [--config.FIELD=VALUE ...] [--workdir=DIR]\n"
+        f"       {prog} --config=FILE[:VARIANT] --show_config",
+        "Train the experiment a config file describes, every seed of config.seeds at once, in "
+        "a run directory: config.json, metrics.jsonl (one row per logged step), checkpoints/, "
+        "summary.json, tensorboard/ and log.txt. Rerunning with the same --workdir resumes it; "
+        "a finished run is not retrained.",
+        [*config_rows(), *cli.flag_rows(fv, skip=("config",))],
+        epilog=epilog,
+        full=full,
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Loading a config: every failure is one line, before the file's overrides are applied
 
 
-def _config_argument(argv: list[str]) -> str | None:
+def packaged_configs() -> pathlib.Path | None:
+    """The folder of the ``configs`` package (this checkout's, or the installed one's)."""
+    try:
+        spec = importlib.util.find_spec("configs")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return pathlib.Path(next(iter(spec.submodule_search_locations)))
+
+
+def resolve_config(spec: str) -> str:
+    """``path[:variant]`` with the path made to exist: as given, else the config of that name
+    in the ``configs`` package (``configs/qk_frozen.py``, ``qk_frozen.py`` and ``qk_frozen``
+    all name it), so an installed package runs its configs from any folder."""
+    path, sep, variant = spec.partition(":")
+    if pathlib.Path(path).is_file():
+        return spec
+    packaged = packaged_configs()
+    name = pathlib.Path(path).name
+    candidate = packaged / (name if name.endswith(".py") else f"{name}.py") if packaged else None
+    if candidate is not None and candidate.is_file() and not name.startswith("_"):
+        return f"{candidate}{sep}{variant}"
+    return spec
+
+
+def _config_argument(argv: list[str]) -> tuple[int, str] | tuple[None, None]:
+    """``(index, value)`` of the ``--config`` flag in ``argv``."""
     for i, a in enumerate(argv):
+        if a == "--":
+            break
         if a.startswith("--config="):
-            return a.split("=", 1)[1]
+            return i, a.split("=", 1)[1]
         if a == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-    return None
+            return i + 1, argv[i + 1]
+    return None, None
+
+
+def with_resolved_config(argv: list[str]) -> tuple[list[str], str | None]:
+    """``argv`` with its ``--config`` value resolved (:func:`resolve_config`), and that value."""
+    index, spec = _config_argument(argv)
+    if spec is None:
+        return list(argv), None
+    resolved = resolve_config(spec)
+    argv = list(argv)
+    argv[index] = f"--config={resolved}" if argv[index].startswith("--config=") else resolved
+    return argv, resolved
 
 
 def _importable(path: pathlib.Path) -> None:
@@ -165,7 +237,7 @@ def load_config(spec: str):
     file = pathlib.Path(path)
     if not file.is_file():
         listed = file.parent if file.parent.is_dir() and file.parent != pathlib.Path() else None
-        known = available_configs(listed or pathlib.Path("configs"))
+        known = available_configs(listed)
         fail(f"config file {path!r} not found; available: {known}")
     _importable(file)
     try:
@@ -203,21 +275,39 @@ def _bad_override(argv: list[str], config) -> str | None:
     return None
 
 
-def parse(argv: list[str]):
-    """``(config, workdir)`` from the command line, validated, or exit 2 with a one-line
-    message. ``--show_config`` prints the config and exits 0 here."""
-    spec = _config_argument(argv)
+def parse_config(fv: flags.FlagValues, holder, argv: list[str]):
+    """``(config, positional arguments)``: the config file of ``argv`` loaded, its overrides
+    applied; any failure one line and exit 2. ``argv``'s --config must be resolved."""
+    _, spec = _config_argument(argv)
     if spec is None:
-        fail("--config is required, e.g. --config=configs/qk_frozen.py (see --help)")
+        fail("--config is required, e.g. --config=qk_frozen (see --help)")
     loaded = load_config(spec)
     try:
-        rest = flags.FLAGS(argv)
-        config = _CONFIG.value  # loads the file again and applies the overrides
+        rest = fv(argv)[1:]
+        config = holder.value  # loads the file again and applies the overrides
     except Exception as e:  # noqa: BLE001 -- report any parse failure as one line
         fail(_bad_override(argv, loaded) or str(e))
-    if len(rest) > 1:
-        fail(f"unexpected argument {rest[1]!r}; flags are --name=value (see --help)")
-    if _SHOW_CONFIG.value:
+    return config, rest
+
+
+def default_workdir(spec: str) -> str:
+    name = pathlib.Path(spec.partition(":")[0]).stem
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    return str(pathlib.Path("runs") / f"{name}-{stamp}")
+
+
+def parse(argv: list[str], fv: flags.FlagValues | None = None) -> Invocation:
+    """The validated command line of a run, or exit 2 with a one-line message;
+    ``--show_config`` prints the config and exits 0 here. ``fv`` may hold more flags (the
+    sweep's); the run's are defined on it here."""
+    given_argv = tuple(argv)
+    argv, spec = with_resolved_config(argv)
+    fv = flags.FlagValues() if fv is None else fv
+    run_flags = define_flags(fv, argv)
+    config, rest = parse_config(fv, run_flags.config, argv)
+    if rest:
+        fail(f"unexpected argument {rest[0]!r}; flags are --name=value (see --help)")
+    if run_flags.show_config.value:
         print(describe_config(config, pathlib.Path(spec.partition(":")[0])))
         sys.exit(0)
     try:
@@ -226,22 +316,30 @@ def parse(argv: list[str]):
         fail(str(e))
     if config.train.get("deterministic_gpu", False):
         set_xla_flag(validation.DETERMINISTIC_GPU_FLAG)
-    if problem := distributed.check(cluster()):
+    the_cluster = cluster(run_flags)
+    if problem := distributed.check(the_cluster):
         fail(problem)
-    workdir = _WORKDIR.value
-    if workdir is None:
-        name = pathlib.Path(spec.partition(":")[0]).stem
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-        workdir = str(pathlib.Path("runs") / f"{name}-{stamp}")
-    return config, workdir
+    workdir = run_flags.workdir.value
+    if workdir is None and the_cluster.wanted:
+        fail("a multi-host run needs --workdir, a directory every process sees")
+    given = workdir is not None
+    return Invocation(config, workdir if given else default_workdir(spec), given, run_flags,
+                      given_argv)  # fmt: skip
 
 
-def cluster() -> distributed.Cluster:
+def resume_command(invocation: Invocation, command: str = "run") -> str:
+    """The command line that resumes this run: the same one, with its --workdir."""
+    prog = cli.program(invocation.argv, command)
+    args = [a for a in invocation.argv[1:] if not a.startswith("--workdir")]
+    return shlex.join([*prog.split(), *args, f"--workdir={invocation.workdir}"])
+
+
+def cluster(run_flags: RunFlags) -> distributed.Cluster:
     return distributed.Cluster(
-        coordinator_address=_COORDINATOR.value,
-        num_processes=_NUM_PROCESSES.value,
-        process_id=_PROCESS_ID.value,
-        auto=_DISTRIBUTED.value,
+        coordinator_address=run_flags.coordinator_address.value,
+        num_processes=run_flags.num_processes.value,
+        process_id=run_flags.process_id.value,
+        auto=run_flags.distributed.value,
     )
 
 
@@ -381,12 +479,15 @@ def quiet_abandoned_writers() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
-    if kind := help_requested(argv):
-        print(usage(full=kind == "full"))
+    if kind := cli.help_requested(argv[1:]):
+        print(usage(argv, full=kind == "full"), end="")
         return 0
-    config, workdir = parse(argv)
+    invocation = parse(argv)
+    config, workdir = invocation.config, invocation.workdir
+    if not invocation.workdir_given:
+        print(f"workdir: {workdir} (resume: {resume_command(invocation)})", file=sys.stderr)
     host.configure(config.mesh.get("cpu_devices_per_core", 0))  # XLA CPU flags, before JAX
-    distributed.initialize(cluster())  # before any other JAX call
+    distributed.initialize(cluster(invocation.flags))  # before any other JAX call
     from experiments import train  # imports JAX: only once the config is known to be valid
 
     try:

@@ -228,9 +228,8 @@ def test_slurm_flags_become_the_sbatch_header(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     argv = ["sweep", "--config=configs/qk_frozen.py:smoke", f"--workdir={tmp_path / 'g'}"]
     argv += ["--executor=slurm", "--slurm_partition=gpu", "--slurm_time=90"]
-    argv += ["--slurm_gpus_per_cell=2", "--slurm_param=slurm_account=abc"]
-    sweep.run.parse(argv)
-    executor = sweep.make_executor(str(tmp_path / "g"))
+    argv += ["--slurm_gpus_per_cell=2", "--slurm_param=slurm_account=abc", "--single_cell"]
+    executor = sweep.make_executor(sweep.parse(argv).flags, str(tmp_path / "g"))
     text = executor.executor._executor._make_submission_file_text("python -m x", "0")
     for line in ("--partition=gpu", "--time=90", "--gpus-per-node=2", "--account=abc"):
         assert f"#SBATCH {line}\n" in text
