@@ -11,9 +11,11 @@ With the LRA release instead (prepared once, no TensorFlow needed; see
         --data_dir=$HOME/tensorflow_datasets --resolution=32
     python -m experiments.run --config=configs/pathfinder.py --config.data.source=lra
 
-Generation runs in the calling thread (~1.5 ms per 32x32 image on one CPU core, far faster
-than a CPU training step); on a GPU host, where a step takes milliseconds, draw batches in
-parallel processes with ``--config.data.workers=8``.
+Generation runs in the calling thread with the vectorised generator (``data.generator``;
+about 0.6 ms per 32x32 image on one CPU core, ``benchmarks/RESULTS.md`` "data (cpu)", far
+faster than a CPU training step); on a GPU host, where a step takes milliseconds, draw batches
+in parallel processes with ``--config.data.workers=8``. ``--config.data.generator=reference``
+selects the per-image generator of the runs recorded before it.
 
 ``:smoke`` draws 16x16 images with contours of 4 paddles (256 tokens). Learning rate, batch
 size and step count are our choices (the paper does not state them).

@@ -13,6 +13,12 @@ kernels side by side with ``--parallel=2``): 16x16 images (256 tokens), contour 
 (the easy difficulty), 4000 steps of batch 32 drawn from the default pool of 160k generated
 images (so no image is seen twice and the test accuracy is not an overfitting artefact),
 1024 test images. ``:smoke`` runs in seconds.
+
+Images come from the vectorised generator (``data.generator = 'vectorized'``, the dataset's
+default), whose batches cost a fraction of the reference generator's. The runs recorded in
+REPRODUCING 1.5 used the reference generator (other images of the same task): reproduce them
+with ``--config.data.generator=reference`` (and ``--config.mesh.cpu_devices_per_core=0`` for
+their device layout); their workdirs resume only with it.
 """
 
 from configs import pathfinder

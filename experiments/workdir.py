@@ -33,6 +33,7 @@ ADDED_FIELDS = {
     "model.shared_init_seed": 0,
     "data.teacher_kv": "seed",
     "mesh.cpu_devices_per_core": 0,
+    "data.generator": "reference",  # pathfinder: the generator before the vectorised one
 }
 
 

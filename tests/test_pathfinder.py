@@ -1,8 +1,10 @@
-"""The Pathfinder generator: label balance, labels checked by an independent flood fill,
-determinism, the dataset around it, the LRA-files path, and the sample grid."""
+"""The Pathfinder generators (vectorised and reference): label balance, labels checked by
+independent flood fills, determinism and random access, the reference kept bit for bit, the
+dataset around them, the LRA-files path, and the sample grid."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import time
 from collections import deque
@@ -11,7 +13,7 @@ import numpy as np
 import pytest
 
 from attn_dynamics import data
-from attn_dynamics.data import pathfinder, testing
+from attn_dynamics.data import base, pathfinder, pathfinder_vectorized, testing
 
 
 def connected(image: np.ndarray, a: tuple[int, int], b: tuple[int, int], radius: int) -> bool:
@@ -90,13 +92,141 @@ def test_deterministic_random_access():
     assert not np.array_equal(a[0][0], test_image)  # train and test streams differ
 
 
-def test_generated_dataset_matches_generator():
+# ---- the vectorised generator ---------------------------------------------------------------
+
+
+def check_vectorized(
+    spec: pathfinder.Spec, count: int, seed: int, stream: int = base.TRAIN_STREAM
+) -> float:
+    """Shape, bright markers, and label == the BFS flood fill, on ``count`` images."""
+    images, labels, markers = pathfinder_vectorized.generate_images(
+        spec, seed, np.arange(count), stream, details=True
+    )
+    assert images.shape == (count, spec.resolution, spec.resolution)
+    assert images.dtype == np.uint8 and labels.dtype == np.int32
+    for image, label, (m0, m1) in zip(images, labels, markers, strict=True):
+        assert image[tuple(m0)] == image[tuple(m1)] == 255
+        assert connected(image, tuple(m0), tuple(m1), spec.link) == bool(label)
+    return float(labels.mean())
+
+
+def test_vectorized_balance_and_connectivity_2000_images():
+    balance = check_vectorized(pathfinder.Spec.make(32, 14), 2000, seed=0)
+    assert 0.45 <= balance <= 0.55, balance
+
+
+@pytest.mark.parametrize("resolution,length", [(16, 6), (32, 6), (32, 9), (32, 20), (40, 14)])
+def test_vectorized_connectivity_other_difficulties(resolution, length):
+    spec = pathfinder.Spec.make(resolution, length)
+    assert 0.3 < check_vectorized(spec, 200, seed=1) < 0.7
+
+
+@pytest.mark.parametrize("resolution,length", [(16, 6), (32, 14)])
+def test_vectorized_labels_equal_scipy_flood_fill(resolution, length):
+    """On fresh draws (a seed and the test stream used nowhere else): the label is "the two
+    markers lie in one 8-connected component of the ink" (link is 1 at these sizes)."""
+    from scipy import ndimage
+
+    spec = pathfinder.Spec.make(resolution, length)
+    assert spec.link == 1
+    images, labels, markers = pathfinder_vectorized.generate_images(
+        spec, 11, np.arange(1000, 1400), base.EVAL_STREAM, details=True
+    )
+    for image, label, (m0, m1) in zip(images, labels, markers, strict=True):
+        components, _ = ndimage.label(image > 0, structure=np.ones((3, 3)))
+        assert components[tuple(m0)] > 0
+        assert (components[tuple(m0)] == components[tuple(m1)]) == bool(label)
+    assert 0.4 < labels.mean() < 0.6
+
+
+def test_vectorized_difficulty_means_more_ink():
+    ink = {}
+    for length in (6, 14, 20):
+        images, _ = pathfinder_vectorized.generate_images(
+            pathfinder.Spec.make(32, length), 0, np.arange(64)
+        )
+        ink[length] = (images > 0).mean()
+    assert ink[6] < ink[14] < ink[20]
+
+
+def test_vectorized_random_access_and_batch_order_independence():
+    spec = pathfinder.Spec.make(16, 6)
+    gen = pathfinder_vectorized.generate_images
+    a_images, a_labels = gen(spec, 3, [5, 0, 9])
+    b_images, b_labels = gen(spec, 3, [9, 77, 5, 0, 1])
+    np.testing.assert_array_equal(a_images, b_images[[2, 3, 0]])
+    np.testing.assert_array_equal(a_labels, b_labels[[2, 3, 0]])
+    for i, index in enumerate([5, 0, 9]):  # alone, in a batch of one
+        np.testing.assert_array_equal(gen(spec, 3, [index])[0][0], a_images[i])
+    assert not np.array_equal(a_images[0], gen(spec, 4, [5])[0][0])  # seeds differ
+    assert not np.array_equal(a_images[0], gen(spec, 3, [5], 3)[0][0])  # streams differ
+
+
+def test_vectorized_sizes_outside_its_range_say_use_the_reference():
+    with pytest.raises(ValueError, match="generator='reference'"):
+        pathfinder_vectorized.geometry(pathfinder.Spec.make(64, 14))
+    c = data.default_config("pathfinder")
+    c.resolution = 64
+    with pytest.raises(ValueError, match="generator='reference'"):
+        data.get_dataset(c)
+    c.generator = "reference"
+    assert data.get_dataset(c).spec.resolution == 64
+
+
+# ---- the reference generator: unchanged, still selectable ---------------------------------
+
+# sha256[:16] of images + labels of indices (0, 1, 2, 7, 1000), computed before the vectorised
+# generator was added (commit 9d03846): the recorded runs' images.
+REFERENCE_HASHES = {
+    (16, 6, 0, 2): "5e60a294ad2c1060",
+    (32, 14, 0, 2): "e8947b27755ffe81",
+    (16, 6, 1, 3): "da553d0d99bdf68a",
+}
+
+
+@pytest.mark.parametrize("key", sorted(REFERENCE_HASHES))
+def test_reference_generator_is_unchanged(key):
+    resolution, length, seed, stream = key
+    images, labels = pathfinder.generate_images(
+        pathfinder.Spec.make(resolution, length), seed, [0, 1, 2, 7, 1000], stream
+    )
+    digest = hashlib.sha256(images.tobytes() + labels.astype(np.int32).tobytes()).hexdigest()
+    assert digest[:16] == REFERENCE_HASHES[key]
+
+
+def test_recorded_config_selects_the_reference_generator():
+    """``pathfinder_kernels:cpu`` with ``generator='reference'`` gives the recorded runs'
+    batches (the hash of step 5's batch, computed before the change); the default draws
+    other images of the same shape."""
+    from configs import pathfinder_kernels
+
+    c = pathfinder_kernels.get_config("cpu")
+    assert c.data.generator == "vectorized"
+    new = data.get_dataset(c.data).train_batch(5)
+    c.data.generator = "reference"
+    old = data.get_dataset(c.data).train_batch(5)
+    digest = hashlib.sha256(old["inputs"].tobytes() + old["labels"].tobytes()).hexdigest()
+    assert digest[:16] == "63f98f62324806ea"
+    assert new["inputs"].shape == old["inputs"].shape == (32, 256)
+    assert not np.array_equal(new["inputs"], old["inputs"])
+
+
+def one_image(generator: str, spec, seed: int, index: int):
+    if generator == "reference":
+        return pathfinder.generate_image(spec, seed, index)
+    images, labels = pathfinder_vectorized.generate_images(spec, seed, [index])
+    return images[0], labels[0]
+
+
+@pytest.mark.parametrize("generator", pathfinder.GENERATORS)
+def test_generated_dataset_matches_generator(generator):
     c = data.default_config("pathfinder")
     c.batch_size, c.eval_batch_size, c.train_size, c.eval_size = 8, 8, 64, 10
+    c.generator = generator
     ds = data.get_dataset(c)
     batch = ds.train_batch(2)
     for row, index in enumerate(ds.train_indices(2)):
-        image, label = pathfinder.generate_image(ds.spec, c.seed, int(index))
+        image, label = one_image(generator, ds.spec, c.seed, int(index))
         np.testing.assert_array_equal(batch["inputs"][row], image.reshape(-1))
         assert batch["labels"][row] == label
     assert batch["valid"].all() and ds.info["seq_len"] == 1024
@@ -113,6 +243,10 @@ def test_bad_configs():
     c = data.default_config("pathfinder")
     c.resolution = 8
     with pytest.raises(ValueError, match="resolution"):
+        data.get_dataset(c)
+    c = data.default_config("pathfinder")
+    c.generator = "fast"
+    with pytest.raises(ValueError, match="valid: \\['vectorized', 'reference'\\]"):
         data.get_dataset(c)
 
 

@@ -2,7 +2,7 @@
 
 Two sources (``config.source``):
 
-* ``'generated'`` (default, no download): a procedural NumPy generator in the style of Linsley
+* ``'generated'`` (default, no download): a procedural generator in the style of Linsley
   et al. (2018) / the LRA release. Every image has two main dashed, curved contours of
   ``contour_length`` paddles, distractor contours (``contour_length // 3`` paddles each, as
   many as the LRA settings' distractor budget allows) and two round markers on contour ends.
@@ -12,6 +12,10 @@ Two sources (``config.source``):
   distance is closest to the positive one, so ink and marker distance carry no label signal.
   Difficulty is the contour length: 6 (``curv_baseline``), 9, 14 (``curv_contour_length_14``,
   the LRA task), 20. Images are pure functions of ``(seed, split, index)``: random access.
+  Two implementations (``config.generator``), same task and knobs, different images:
+  ``'vectorized'`` (default; :mod:`.pathfinder_vectorized`, NumPy over the whole batch,
+  resolutions 16 to 40) and ``'reference'`` (this module: per image, pure Python with
+  backtracking, the generator of the runs recorded before it; kept bit for bit).
 * ``'lra'``: the LRA release files (``pathfinder{32,64,128}/<difficulty>/{metadata,imgs}``),
   prepared once into an ArrayRecord tfds dataset by
   :class:`attn_dynamics.data.lra_pathfinder.LraPathfinder` (no TensorFlow needed):
@@ -34,7 +38,6 @@ check it with an independent flood fill.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import random
 
@@ -42,15 +45,22 @@ import ml_collections
 import numpy as np
 from ml_collections import config_dict
 
-from attn_dynamics.data import base
+from attn_dynamics.data import base, pathfinder_vectorized
+from attn_dynamics.data.pathfinder_geometry import (  # noqa: F401 (re-exported)
+    ANGLE_BINS,
+    DISTRACTOR_BUDGET,
+    MAX_TURN,
+    SUB,
+    TRIES,
+    Spec,
+    Stamp,
+    stamps,
+)
+from attn_dynamics.data.pathfinder_geometry import disk_offsets as _disk
 
 SOURCES = ("generated", "lra")
+GENERATORS = ("vectorized", "reference")
 DIFFICULTIES = {6: "curv_baseline", 9: "curv_contour_length_9", 14: "curv_contour_length_14"}
-DISTRACTOR_BUDGET = {32: 20, 64: 22, 128: 35}  # paddles of distractors (LRA generator args)
-ANGLE_BINS = 64
-SUB = 4  # positions are kept in 1/SUB pixel units
-MAX_TURN = 0.8  # radians between consecutive paddles
-TRIES = 6  # turn angles tried per paddle before backtracking
 
 
 def difficulty_name(contour_length: int) -> str:
@@ -61,6 +71,8 @@ def default_config() -> ml_collections.ConfigDict:
     d = ml_collections.ConfigDict()
     d.name = "pathfinder"
     d.source = "generated"  # 'generated' (no files) | 'lra' (LRA release files)
+    # generated: 'vectorized' (NumPy, whole batch) | 'reference' (per image, the recorded runs')
+    d.generator = "vectorized"
     d.resolution = 32  # 32 | 64 | 128 (lra); any >= 16 (generated)
     d.contour_length = 14  # paddles per contour: 6 (easy), 9, 14 (LRA hard), 20
     d.token_offset = 0  # 0: tokens 0..255 (vocab 256); 1: 1..256
@@ -78,110 +90,6 @@ def default_config() -> ml_collections.ConfigDict:
 
 # --------------------------------------------------------------------------------------------
 # The generator
-
-
-@dataclasses.dataclass(frozen=True)
-class Spec:
-    resolution: int = 32
-    contour_length: int = 14
-    paddle_length: float = 2.0
-    gap: float = 0.75
-    width: float = 1.0
-    marker_radius: int = 1
-    margin: int = 1
-    distractor_length: int = 4
-    num_distractors: int = 5
-    link: int = 1  # Chebyshev radius that joins consecutive paddles (and nothing else)
-
-    @classmethod
-    def make(cls, resolution: int = 32, contour_length: int = 14) -> Spec:
-        if resolution < 16:
-            raise ValueError(f"pathfinder: resolution must be >= 16, got {resolution}")
-        if contour_length < 1:
-            raise ValueError(f"pathfinder: contour_length must be >= 1, got {contour_length}")
-        s = max(1.0, resolution / 32)
-        dlen = max(1, contour_length // 3)
-        budget = DISTRACTOR_BUDGET.get(resolution, round(20 * (resolution / 32) ** 2))
-        gap = 0.75 * s
-        return cls(
-            resolution=resolution,
-            contour_length=contour_length,
-            paddle_length=2.0 * s,
-            gap=gap,
-            width=1.0 * s,
-            marker_radius=max(1, round(s)),
-            margin=1,
-            distractor_length=dlen,
-            num_distractors=budget // dlen,
-            link=math.ceil(gap + 0.5 / SUB),
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class Stamp:
-    keys: tuple[int, ...]  # flat pixel offsets (row * S + col) from the floor of the start
-    values: np.ndarray  # float32 ink in (0, 1]
-    lo: tuple[int, int]  # min row/col offset
-    hi: tuple[int, int]  # max row/col offset
-    end: tuple[int, int]  # paddle end, in 1/SUB px, relative to the start
-    step: tuple[int, int]  # next paddle's start (end + gap), relative to the start
-
-
-def _make_stamp(spec: Spec, angle: int, fy: int, fx: int) -> Stamp:
-    """The pixels of a paddle at angle bin ``angle`` starting at sub-pixel offset ``(fy, fx)``.
-
-    Pixels within ``width / 2 + 0.25`` of the segment are ink, with antialiased coverage
-    dimmed towards the paddle ends so that the dashes show.
-    """
-    theta = 2 * math.pi * angle / ANGLE_BINS
-    uy, ux = math.sin(theta), math.cos(theta)
-    ay, ax = fy / SUB, fx / SUB
-    ey = round((ay + spec.paddle_length * uy) * SUB)
-    ex = round((ax + spec.paddle_length * ux) * SUB)
-    by, bx = ey / SUB, ex / SUB
-    half = spec.width / 2
-    ext = int(math.ceil(half + 1))
-    ys, xs = np.mgrid[
-        math.floor(min(ay, by)) - ext : math.ceil(max(ay, by)) + ext + 1,
-        math.floor(min(ax, bx)) - ext : math.ceil(max(ax, bx)) + ext + 1,
-    ].astype(np.float64)
-    dy, dx = by - ay, bx - ax
-    along = ((ys - ay) * dy + (xs - ax) * dx) / (dy * dy + dx * dx)
-    t = np.clip(along, 0.0, 1.0)
-    dist = np.hypot(ys - (ay + t * dy), xs - (ax + t * dx))
-    keep = dist <= half + 0.25
-    taper = 0.45 + 0.55 * np.clip(4 * along * (1 - along), 0.0, 1.0)
-    values = (np.clip(half + 0.5 - dist, 0.0, 1.0) * taper)[keep].astype(np.float32)
-    rows, cols = ys[keep].astype(np.int64), xs[keep].astype(np.int64)
-    sy = ey + round(spec.gap * uy * SUB)
-    sx = ex + round(spec.gap * ux * SUB)
-    return Stamp(
-        tuple((rows * spec.resolution + cols).tolist()),
-        values,
-        (int(rows.min()), int(cols.min())),
-        (int(rows.max()), int(cols.max())),
-        (ey - fy, ex - fx),
-        (sy - fy, sx - fx),
-    )
-
-
-@functools.lru_cache(maxsize=16)
-def stamps(spec: Spec) -> list[Stamp]:
-    """Every paddle shape, indexed by ``(angle * SUB + fy) * SUB + fx``."""
-    return [
-        _make_stamp(spec, a, fy, fx)
-        for a in range(ANGLE_BINS)
-        for fy in range(SUB)
-        for fx in range(SUB)
-    ]
-
-
-@functools.lru_cache(maxsize=8)
-def _disk(radius: int, size: int) -> tuple[int, ...]:
-    """Flat offsets of a marker disk (``dy^2 + dx^2 <= r^2 + r``: 3x3 for r = 1)."""
-    dy, dx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
-    keep = dy * dy + dx * dx <= radius * radius + radius
-    return tuple((dy[keep] * size + dx[keep]).tolist())
 
 
 def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
@@ -387,6 +295,10 @@ class Pathfinder(base.Dataset):
         c = config
         if c.source not in SOURCES:
             raise ValueError(f"pathfinder: unknown source {c.source!r}; valid: {list(SOURCES)}")
+        if c.generator not in GENERATORS:
+            raise ValueError(
+                f"pathfinder: unknown generator {c.generator!r}; valid: {list(GENERATORS)}"
+            )
         if int(c.token_offset) not in (0, 1):
             raise ValueError(f"pathfinder: token_offset must be 0 or 1, got {c.token_offset}")
         self.offset = int(c.token_offset)
@@ -398,6 +310,10 @@ class Pathfinder(base.Dataset):
         if c.source == "generated":
             if int(c.train_size) < 0 or int(c.eval_size) <= 0:
                 raise ValueError("pathfinder: generated needs train_size >= 0 and eval_size > 0")
+            self.generate = generate_images
+            if c.generator == "vectorized":
+                pathfinder_vectorized.geometry(self.spec)  # ValueError: size not supported
+                self.generate = pathfinder_vectorized.generate_images
             self.train_size = int(c.train_size)
             self.eval_splits = ("test",)
             self.lra = None
@@ -428,7 +344,7 @@ class Pathfinder(base.Dataset):
         if self.lra is not None:
             return self.lra.images(split, indices)
         stream = base.TRAIN_STREAM if split == "train" else base.EVAL_STREAM
-        return generate_images(self.spec, self.seed, indices, stream)
+        return self.generate(self.spec, self.seed, indices, stream)
 
     def _examples(self, split, indices):
         images, labels = self.images(split, indices)
