@@ -16,9 +16,16 @@ imdb_bytes and image_seq read tiny local ArrayRecord copies built by
 ``attn_dynamics.data.testing`` (same readers and decoding as the real data; real IMDb reviews
 average ~1.3 kB vs ~0.8 kB here).
 
+``--pathfinder`` compares the two Pathfinder generators (``data.generator``) side by side
+in one process: ``train_batch(step)`` of batch 32 at 16x16 contour 6 (``pathfinder_kernels:cpu``)
+and at 32x32 contour 14 (the LRA task), fresh steps, the generators alternated in every round;
+medians of wall and CPU (process) time, images/s and the speed-up, against the target of
+10 ms per batch.
+
     python benchmarks/data.py                          # prints the table, records RESULTS.md
     python benchmarks/data.py --baseline=e236eb5       # before/after columns
     python benchmarks/data.py --quick                  # fewer repetitions, no recording
+    python benchmarks/data.py --pathfinder             # the two Pathfinder generators
 """
 
 from __future__ import annotations
@@ -165,6 +172,81 @@ def median_over_rounds(rounds: list[dict]) -> dict:
     return {k: tuple(np.median([r[k] for r in rounds], axis=0)) for k in rounds[0]}
 
 
+PATHFINDER_TARGET_MS = 10.0  # per batch of 32 (issue 26)
+
+
+def pathfinder_configs():
+    """(label, data config) of the two sizes the generators are compared at, batch 32."""
+    from configs import pathfinder, pathfinder_kernels
+
+    small = pathfinder_kernels.get_config("cpu").data
+    lra = pathfinder.get_config().data
+    lra.batch_size = 32
+    return [("16x16, contour 6 (pathfinder_kernels:cpu)", small), ("32x32, contour 14", lra)]
+
+
+def time_generators(rounds: int, reps: int) -> dict:
+    """``{(label, generator): (wall, cpu)}``: medians over ``rounds`` x ``reps`` fresh steps
+    (no step timed twice), the generators alternated within every round."""
+    import numpy as np
+
+    from attn_dynamics import data
+
+    out = {}
+    for label, config in pathfinder_configs():
+        datasets = {}
+        for generator in ("reference", "vectorized"):
+            config.generator = generator
+            datasets[generator] = data.get_dataset(config)
+            datasets[generator].train_batch(0)  # stamps, geometry
+        times = {g: ([], []) for g in datasets}
+        for r in range(rounds):
+            for generator, ds in datasets.items():
+                for step in range(1 + r * reps, 1 + (r + 1) * reps):
+                    t, c = time.perf_counter(), time.process_time()
+                    ds.train_batch(step)
+                    times[generator][0].append(time.perf_counter() - t)
+                    times[generator][1].append(time.process_time() - c)
+        for generator, (wall, cpu) in times.items():
+            out[label, generator] = (float(np.median(wall)), float(np.median(cpu)))
+    return out
+
+
+def pathfinder_main(args) -> None:
+    rounds, reps = (1, 3) if args.quick else (args.rounds, args.reps)
+    load = [os.getloadavg()[0]]
+    times = time_generators(rounds, reps)
+    load.append(os.getloadavg()[0])
+    flag = f" --rounds={rounds} --reps={reps}" if (rounds, reps) != (3, 20) else ""
+    lines = [
+        f"Command: `python benchmarks/data.py --pathfinder{flag}`. `ds.train_batch(step)` "
+        "(batch 32, one thread, no prefetch, fresh steps), both generators in one process, "
+        f"alternated in each of {rounds} rounds of {reps} steps; medians over the "
+        f"{rounds * reps} steps of each. Load average {min(load):.1f} to {max(load):.1f} on "
+        f"{os.cpu_count()} cores (a loaded machine: wall times are inflated, CPU times less).",
+        "",
+        "| task | generator | ms per batch (wall / CPU) | images/s (CPU) | speed-up (CPU) "
+        f"| target <= {PATHFINDER_TARGET_MS:.0f} ms |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for label, _ in pathfinder_configs():
+        ref_cpu = times[label, "reference"][1]
+        for generator in ("reference", "vectorized"):
+            wall, cpu = times[label, generator]
+            met = "met" if cpu * 1e3 <= PATHFINDER_TARGET_MS else "not reached"
+            lines.append(
+                f"| {label} | {generator} | {wall * 1e3:.1f} / {cpu * 1e3:.1f} "
+                f"| {32 / cpu:,.0f} | {ref_cpu / cpu:.1f}x | "
+                f"{met if generator == 'vectorized' else ''} |"
+            )
+    table = "\n".join(lines)
+    print(table)
+    if not (args.quick or args.no_record):
+        from benchmarks._results import record
+
+        record("data: pathfinder generators (cpu)", table)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, no recording")
@@ -173,10 +255,15 @@ def main(argv=None) -> None:
     parser.add_argument("--no-record", action="store_true", help="print only")
     parser.add_argument("--batch-times", metavar="REPO", help=argparse.SUPPRESS)
     parser.add_argument("--tiny", help=argparse.SUPPRESS)
-    parser.add_argument("--reps", type=int, default=20, help=argparse.SUPPRESS)
+    parser.add_argument("--reps", type=int, default=20, help="steps per round (--pathfinder)")
+    parser.add_argument("--pathfinder", action="store_true", help="the Pathfinder generators")
     args = parser.parse_args(argv)
     if args.batch_times:  # the child process of batch_times_in
         print(json.dumps(batch_times(args.batch_times, args.tiny, args.reps)))
+        return
+    if args.pathfinder:
+        sys.path.insert(0, str(REPO))
+        pathfinder_main(args)
         return
     batch_reps, step_reps = (5, 1) if args.quick else (args.reps, 2)
     rounds = 1 if args.quick else args.rounds
