@@ -43,6 +43,18 @@ def quantiles(x: np.ndarray) -> str:
     return f"{q[1]:.1e} [{q[0]:.0e}, {q[2]:.0e}]"
 
 
+def spread(x: np.ndarray) -> str:
+    """``4.3 [2.1, 7.4]`` (median [min, max], 2 significant digits), or the one value when
+    they all agree."""
+    x = x[np.isfinite(x)]
+    if not x.size:
+        return "–"
+    lo, mid, hi = np.quantile(x, [0.0, 0.5, 1.0])
+    if np.isclose(lo, hi, rtol=1e-6, atol=0.0):
+        return fmt(float(mid))
+    return f"{mid:.2g} [{lo:.2g}, {hi:.2g}]"
+
+
 def median_or_dash(x: np.ndarray) -> str:
     return fmt(float(np.median(x))) if x.size else "–"
 
@@ -144,8 +156,10 @@ def draw_rows(cells: list[Outcomes], field: str = "model.kernel") -> list[dict]:
 
     groups: dict[tuple[str, str], list[tuple[Outcomes, np.ndarray]]] = {}
     for c in cells:
+        value = str(field_of(c, field))
+        value = f"{c.group}/{value}" if c.group else value  # a nested sweep's own settings
         for draw, mask in zip(c.draws, by_draw(c), strict=True):
-            groups.setdefault((str(field_of(c, field)), draw), []).append((c, mask))
+            groups.setdefault((value, draw), []).append((c, mask))
     rows = []
     for (value, draw), members in groups.items():
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -157,9 +171,9 @@ def draw_rows(cells: list[Outcomes], field: str = "model.kernel") -> list[dict]:
             {
                 field.rsplit(".", 1)[-1]: value,
                 "draw": draw,
-                "baseline loss": quantiles(baseline),
-                "initial loss": quantiles(initial),
-                "initial/baseline loss": quantiles(initial / np.nanmedian(baseline)),
+                "baseline loss": spread(baseline),
+                "initial loss": spread(initial),
+                "initial/baseline loss": spread(initial / np.nanmedian(baseline)),
             }
         )
     return rows
