@@ -559,3 +559,37 @@ def test_draws_are_pooled_with_their_spread_and_both_criteria(tmp_path):
     assert row["fraction_reached_baseline"] == {"median": 0.5, "min": 0.0, "max": 0.75}
     assert row["median_steps_baseline"] == {"median": 14.5, "min": 9.0, "max": 20.0}
     assert "| 0.50 [0.00, 0.75] (5/12) |" in (tmp_path / "report.md").read_text()
+
+
+def test_position_features_and_parameter_counts(smoke_runs):
+    """The features drawn past L are the model's own: sinusoidal equals the closed form
+    (written out here in NumPy), learned equals its checkpointed table; the parameter table
+    counts the FLOATER vector field as the reference code's two Linear(d+1 -> d) layers."""
+    from experiments import checkpointing, position_features
+    from experiments.analyses import positions
+
+    root = _root(smoke_runs, "extrapolation")
+    for run in ("model.position=sinusoidal", "model.position=learned"):
+        position_features.write(root / run)
+    sinusoidal = position_features.read(root / "model.position=sinusoidal")
+    feats, length = sinusoidal["features"], int(sinusoidal["length"])
+    assert length == 2 * int(sinusoidal["train_len"])
+    t = np.arange(length)[:, None]
+    dim = feats.shape[-1]
+    angle = t / 10_000.0 ** (np.arange(0, dim, 2) / dim)
+    expected = np.zeros((length, dim))
+    expected[:, 0::2], expected[:, 1::2] = np.sin(angle), np.cos(angle)
+    np.testing.assert_allclose(feats[0], expected, atol=1e-5)
+    learned = position_features.read(root / "model.position=learned")
+    table_ = checkpointing.load_params(root / "model.position=learned")["position_encoding"]
+    np.testing.assert_allclose(
+        learned["features"], np.asarray(table_["embedding"])[:, : int(learned["length"])]
+    )
+    text = analyses.positions(root)
+    assert (root / "position_features.png").stat().st_size > 0
+    assert len(table(text)) == 2
+    d = 512
+    assert positions.count("floater", dim=d, num_layers=6, max_len=64) == (
+        2 * ((d + 1) * d + d) + 6 * 3 * d  # h: two Linear(d+1 -> d); p(0) per block and q/k/v
+    )
+    assert positions.count("learned", dim=d, num_layers=6, max_len=512) == 512 * d

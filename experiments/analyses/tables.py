@@ -275,10 +275,14 @@ def runtime(runs: list[Outcomes]) -> str:
     end of training: compilation, steps, evaluation and checkpoints; not interpreter start)."""
     wall = [float(r.summary.get("wall_seconds") or 0.0) for r in runs]
     compile_ = [float(r.summary.get("compile_seconds") or 0.0) for r in runs]
+    envs = {
+        ", ".join(f"{k} {env.get(k)}" for k in ("backend", "jax", "flax", "optax", "python"))
+        for env in (r.summary.get("environment", {}) for r in runs)
+    }
     return (
         f"Runs: {len(runs)}, {sum(wall) / 60:.1f} min wall in total (summary.json "
         f"wall_seconds; {sum(compile_) / 60:.1f} min of it compiling), median "
-        f"{float(np.median(wall)):.0f} s per run.\n\n"
+        f"{float(np.median(wall)):.0f} s per run; on {'; '.join(sorted(envs))}.\n\n"
     )
 
 
