@@ -75,6 +75,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Hessian eigenvalue on the first batch); learning_rate then only sets the schedule's shape
     c.train.stable_step_fraction = 0.0
     c.train.stop_at_threshold = False  # stop once every seed met both criteria
+    # A seed whose loss exceeds this multiple of its initial loss is diverged, as one whose loss
+    # turns NaN/Inf (None: only non-finite). 1e6 is far beyond any catapult or edge-of-stability
+    # spike these studies see, and keeps a seed at 8e15 from counting as "done".
+    c.train.diverge_above = 1e6
     c.train.init_from = config_dict.placeholder(str)  # checkpoint dir to warm-start params from
     c.train.progress_bar = True
     c.train.deterministic_gpu = False  # --xla_gpu_deterministic_ops=true (opt-in, logged)
@@ -86,6 +90,15 @@ def base_config() -> ml_collections.ConfigDict:
     # CPU: split each core into this many XLA devices, which the mesh then runs side by side
     # (XLA runs small ops on one thread each: experiments/host.py); 0: one CPU device
     c.mesh.cpu_devices_per_core = 0
+
+    # Experiment trackers besides metrics.jsonl and TensorBoard (never part of a run's identity:
+    # they may change when a run resumes).
+    c.logging = ml_collections.ConfigDict()
+    c.logging.wandb = False  # Weights & Biases, one run per workdir (extra: attn-dynamics[wandb])
+    c.logging.wandb_project = "attn-dynamics"
+    c.logging.wandb_entity = config_dict.placeholder(str)  # your W&B team or user; unset: default
+    # Group of the W&B run; unset: the sweep root's name for a sweep cell, else none.
+    c.logging.wandb_group = config_dict.placeholder(str)
     return c
 
 

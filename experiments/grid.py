@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from experiments import host, rundirs
+from experiments import workdir as workdirs
 
 FINISHED = ("done", "diverged")
 # Fields that do not change what a run computes: a finished cell is still finished.
@@ -225,13 +226,11 @@ def is_finished(cell_dir: str | os.PathLike, config=None) -> bool:
             return False
         if config is None:
             return True
-        saved = rundirs.flatten(rundirs.read_config(cell_dir))
+        saved = rundirs.read_config(cell_dir)
     except rundirs.RunDirError:
         return False  # damaged: training again resumes from the checkpoint and rewrites it
-    wanted = rundirs.flatten(config_json(config))
-    return all(
-        saved.get(k) == wanted.get(k) for k in set(saved) | set(wanted) if k not in COSMETIC_FIELDS
-    )
+    changed = workdirs.differences(saved, config_json(config))
+    return not [k for k in changed if k not in COSMETIC_FIELDS]
 
 
 @dataclasses.dataclass(frozen=True)

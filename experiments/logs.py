@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import os
 import pathlib
 import platform
+import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -41,16 +44,59 @@ class _QuietFileHandler(logging.FileHandler):
         pass
 
 
-def environment() -> dict:
-    """What a result depends on besides the config: versions, devices, XLA flags."""
-    import flax
-    import optax
+PROVENANCE_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "diffrax", "grain")
+
+
+def provenance() -> dict:
+    """What made a run: this package's version, the git commit of the checkout it ran from
+    (``None`` for an installed package or without git) and whether that checkout had changes,
+    and the versions of the libraries the numbers depend on."""
+    import attn_dynamics
 
     return {
-        "jax": jax.__version__,
-        "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
-        "flax": flax.__version__,
-        "optax": optax.__version__,
+        "attn_dynamics": attn_dynamics.__version__,
+        **git_state(pathlib.Path(__file__).resolve().parents[1]),
+        "packages": {name: _installed_version(name) for name in PROVENANCE_PACKAGES},
+    }
+
+
+def git_state(checkout: pathlib.Path) -> dict:
+    """``{'git_commit', 'git_dirty'}`` of ``checkout`` if it is a git work tree's root, else
+    ``None`` for both (never an error: a wheel has no checkout, a machine may lack git). A
+    folder inside some other repository (a venv in a project) is not the checkout."""
+    unknown = {"git_commit": None, "git_dirty": None}
+    if not (checkout / ".git").exists():
+        return unknown
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", "-C", str(checkout), *args], capture_output=True,
+                             text=True, timeout=30, check=True)  # fmt: skip
+        return out.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        changes = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return unknown
+    return {"git_commit": commit or None, "git_dirty": bool(changes)}
+
+
+def _installed_version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def environment() -> dict:
+    """What a result depends on besides the config: versions (:func:`provenance`), devices,
+    XLA flags."""
+    made_by = provenance()
+    return {
+        **made_by["packages"],
+        "attn_dynamics": made_by["attn_dynamics"],
+        "git_commit": made_by["git_commit"],
+        "git_dirty": made_by["git_dirty"],
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "backend": jax.default_backend(),
@@ -166,63 +212,55 @@ def _is_nonfinite(v) -> bool:
     return isinstance(v, float) and not np.isfinite(v)
 
 
-def summary_writer_class():
-    """tensorboardX's ``SummaryWriter``, imported without PyTorch: tensorboardX imports torch at
-    module level only to recognise torch tensors (2.4 s of every run and sweep worker where
-    torch is installed); it is given floats here."""
-    if sys.modules.get("torch") is not None:
-        from tensorboardX import SummaryWriter
-
-        return SummaryWriter
-    sys.modules["torch"] = None  # `import torch` raises ImportError while tensorboardX loads
-    try:
-        from tensorboardX import SummaryWriter
-    finally:
-        del sys.modules["torch"]
-    return SummaryWriter
-
-
 class MetricWriter:
-    """metrics.jsonl (one object per logged step) and TensorBoard events (no TensorFlow).
+    """metrics.jsonl (one object per logged step) and the trackers (:mod:`experiments.trackers`:
+    TensorBoard events, W&B when asked).
 
     On resume, rows the restored state will regenerate are dropped: training rows of steps
     ``>= start`` and evaluation rows stamped ``> start`` (an evaluation after ``start`` steps
     was written before that checkpoint and is not redone). Torn lines are dropped too.
     """
 
-    def __init__(self, workdir: pathlib.Path, seeds, *, start: int):
+    def __init__(self, workdir: pathlib.Path, seeds, *, start: int, config_json: dict):
+        from experiments import trackers
+
         self.path = workdir / "metrics.jsonl"
         self.seeds = list(seeds)
         self.kept = _truncate(self.path, start)
         self.file = self.path.open("a")
-        self.tb = summary_writer_class()(str(workdir / "tensorboard"), flush_secs=30)
+        self.trackers = trackers.open_trackers(workdir, seeds, start=start,
+                                               config_json=config_json)  # fmt: skip
 
     def has_eval(self, step: int) -> bool:
         return any(r.get("eval") and r["step"] == step for r in self.kept)
 
     def write(self, step: int, metrics: dict, *, alive: np.ndarray) -> None:
         record: dict = {"step": int(step)}
+        means, per_seed = {}, {}
         for name, values in metrics.items():
             values = np.asarray(values, np.float64)
             live = values[alive] if alive.any() else values
-            record[name] = float(np.mean(live))
+            record[name] = means[name] = float(np.mean(live))
             if len(self.seeds) > 1:
-                record[f"{name}/seeds"] = [float(v) for v in values]
-            self.tb.add_scalar(name, record[name], step)
-        if len(self.seeds) > 1:
-            for seed, v in zip(self.seeds, record["loss/seeds"], strict=True):
-                self.tb.add_scalar(f"loss_by_seed/{seed}", v, step)
+                record[f"{name}/seeds"] = per_seed[name] = [float(v) for v in values]
+        self._track(step, means, per_seed)
         self._append(record)
 
     def write_eval(self, step: int, evaluation: dict) -> None:
         record: dict = {"step": int(step), "eval": True}
+        means, per_seed = {}, {}
         for split, d in evaluation.items():
             for k, v in d.items():
-                record[f"eval/{split}/{k}"] = float(np.mean(v))
+                name = f"eval/{split}/{k}"
+                record[name] = means[name] = float(np.mean(v))
                 if len(self.seeds) > 1:
-                    record[f"eval/{split}/{k}/seeds"] = [float(x) for x in v]
-                self.tb.add_scalar(f"eval/{split}/{k}", record[f"eval/{split}/{k}"], step)
+                    record[f"{name}/seeds"] = per_seed[name] = [float(x) for x in v]
+        self._track(step, means, per_seed)
         self._append(record)
+
+    def _track(self, step: int, means: dict, per_seed: dict) -> None:
+        for tracker in self.trackers:
+            tracker.log(step, means, per_seed)
 
     def _append(self, record: dict) -> None:
         self.file.write(dumps(record) + "\n")
@@ -233,9 +271,15 @@ class MetricWriter:
         self.file.flush()
         os.fsync(self.file.fileno())
 
+    def finish(self, summary: dict) -> None:
+        """The run's summary to the trackers (hparams with the final figures, ...)."""
+        for tracker in self.trackers:
+            tracker.finish(summary)
+
     def close(self) -> None:
         self.file.close()
-        self.tb.close()
+        for tracker in self.trackers:
+            tracker.close()
 
 
 class NullWriter:
@@ -252,6 +296,9 @@ class NullWriter:
     write_eval = write
 
     def sync(self) -> None:
+        pass
+
+    def finish(self, summary: dict) -> None:
         pass
 
     def close(self) -> None:
@@ -288,13 +335,56 @@ def read_metrics(workdir: pathlib.Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def progress_bar(enabled: bool, start: int, total: int):
+def progress_bar(enabled: bool, start: int, total: int, stream=None):
+    """tqdm's bar on a terminal; elsewhere (a pipe, a batch system's log) one line a minute,
+    so a log gets no carriage-return updates."""
     from tqdm.auto import tqdm
 
+    stream = sys.stderr if stream is None else stream
+    if enabled and not _is_terminal(stream):
+        return LineProgress(start, total, stream)
     return tqdm(
         total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
-        disable=not enabled,
+        disable=not enabled, file=stream,
     )  # fmt: skip
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # closed, or not a file
+        return False
+
+
+class LineProgress:
+    """The progress bar's interface (``update``, ``set_postfix``, ``close``) as a line of text
+    every ``every_seconds``: ``train: step 1200/5000 (24%), 35.2 step/s, loss=1.2e-03``."""
+
+    def __init__(self, start: int, total: int, stream, every_seconds: float = 60.0):
+        self.n, self.total, self.stream, self.every = start, total, stream, every_seconds
+        self.postfix: dict = {}
+        self.t0 = self.last = time.monotonic()
+        self.n0 = start
+
+    def update(self, steps: int = 1) -> None:
+        self.n += steps
+        now = time.monotonic()
+        if now - self.last >= self.every or self.n >= self.total:
+            self.last = now
+            self._print(now)
+
+    def set_postfix(self, **postfix) -> None:
+        self.postfix = postfix
+
+    def _print(self, now: float) -> None:
+        rate = (self.n - self.n0) / max(now - self.t0, 1e-9)
+        extra = "".join(f", {k}={v}" for k, v in self.postfix.items())
+        percent = 100 * self.n / max(self.total, 1)
+        print(f"train: step {self.n}/{self.total} ({percent:.0f}%), {rate:.1f} step/s{extra}",
+              file=self.stream, flush=True)  # fmt: skip
+
+    def close(self) -> None:
+        pass
 
 
 def plot_curves(workdir: pathlib.Path, learning_rate: float | list[float] | None = None) -> None:

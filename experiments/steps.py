@@ -68,6 +68,7 @@ def make_train_step(
     *,
     use_cache: bool = False,
     refresh_cache: Callable | None = None,
+    diverge_above: float | None = None,
 ):
     """``step(state, frozen, init_trainable, batch, logged, baseline) -> (state, metrics)``.
 
@@ -80,6 +81,9 @@ def make_train_step(
     With FLOATER's ``update_every > 1`` the state holds cached position terms: a step with
     ``use_cache`` treats them as constants; a re-solving step differentiates through the solve
     and ``refresh_cache(params)`` re-solves from the updated parameters.
+
+    A seed diverges at a step whose loss or update is not finite, or (``diverge_above``) whose
+    loss exceeds that multiple of its initial loss.
     """
 
     def one_seed(trainable, opt_state, outcome, rng, cache, frozen, init_trainable, baseline, step,
@@ -93,6 +97,9 @@ def make_train_step(
         updates, new_opt_state = tx.update(grads, opt_state, trainable)
         new_trainable = optax.apply_updates(trainable, updates)
         finite = jnp.isfinite(loss) & _all_finite(new_trainable)
+        if diverge_above is not None:
+            initial = jnp.where(jnp.isnan(outcome["initial_loss"]), loss, outcome["initial_loss"])
+            finite &= loss <= diverge_above * initial
         ok = outcome["alive"] & finite
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
         dynamics = lambda ops: dynamics_metrics(*ops, frozen=frozen)

@@ -14,15 +14,17 @@ Longer than this package's ~400-line mark because the three parts share two reco
 (:class:`Setup`, :class:`Run`) and their ordering rules (rows before checkpoints, the lock
 before any write); the pieces without that coupling live in ``build``, ``steps`` and ``hooks``.
 
-A seed whose loss or update is not finite is *diverged*: its parameters stay at the last finite
-values (so no checkpoint ever holds a NaN) and it is reported; the run stops once every seed has
-diverged, with ``status: diverged``.
+A seed whose loss or update is not finite, or whose loss exceeds ``train.diverge_above`` x its
+initial loss, is *diverged*: its parameters stay at their last values before (so no checkpoint
+ever holds a NaN) and it is reported; the run stops once every seed has diverged, with
+``status: diverged``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -212,7 +214,8 @@ def train_and_evaluate(
             try:
                 ensure_writable(path)
                 owned.enter_context(locked(path))
-                check_same_config(path, _config_dict(config))
+                reshaped = functools.partial(schedule_changes, config.train)
+                check_same_config(path, _config_dict(config), schedule_changes=reshaped)
             except WorkdirError as e:
                 raise ConfigError(str(e)) from None
         finished = _finished_summary(path, config)
@@ -239,7 +242,9 @@ def _run(setup: Setup, path: pathlib.Path, stop, user_hooks, user_metrics) -> di
     t_start = time.time()
     writes = jax.process_index() == 0
     if writes:
-        (path / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+        # The config, and what made the run (ignored when it resumes: workdir.NOT_THE_RUN).
+        recorded = {**_config_dict(config), "provenance": logs.provenance()}
+        (path / "config.json").write_text(json.dumps(recorded, indent=2) + "\n")
         logs.setup_logging(path)
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it writes
     logging.info("jax %s on %s; mesh %s", jax.__version__, jax.devices(), dict(setup.mesh.shape))
@@ -259,7 +264,9 @@ def _run(setup: Setup, path: pathlib.Path, stop, user_hooks, user_metrics) -> di
             state, frozen, loss_fn, setup.first_batch, t.stable_step_fraction, t.learning_rate
         )
     start = int(state.step)
-    writer = logs.MetricWriter(path, seeds, start=start) if writes else logs.NullWriter()
+    writer = logs.NullWriter()
+    if writes:
+        writer = logs.MetricWriter(path, seeds, start=start, config_json=_config_dict(config))
     metrics = (*builtin_metrics(setup), *user_metrics)
     log_every = config.train.log_every
     num_steps = config.train.num_steps
@@ -369,10 +376,13 @@ def compile_steps(run: Run, config) -> dict[str, Callable]:
     refresh = None
     if solve_every(config) > 1:
         refresh = position_refresher(setup.model, setup.first_batch)
+    diverge_above = config.train.get("diverge_above")
     out = {"solve": compile_step(make_train_step(loss_fn, setup.tx, threshold,
-                                                 refresh_cache=refresh))}  # fmt: skip
+                                                 refresh_cache=refresh,
+                                                 diverge_above=diverge_above))}  # fmt: skip
     if solve_every(config) > 1:
-        out["cached"] = compile_step(make_train_step(loss_fn, setup.tx, threshold, use_cache=True))
+        out["cached"] = compile_step(make_train_step(loss_fn, setup.tx, threshold, use_cache=True,
+                                                     diverge_above=diverge_above))  # fmt: skip
     return out
 
 
@@ -432,8 +442,10 @@ def finish(run: Run, interrupted: bool, compile_seconds: float, wall: float, wri
         mesh=dict(setup.mesh.shape),
         wall_seconds=wall,
         compile_seconds=compile_seconds,
+        diverge_above=config.train.get("diverge_above"),
         environment=logs.environment(),
     )
+    run.writer.finish(summary)
     run.writer.close()
     if writes:
         text = json.dumps(summary, indent=2, allow_nan=False) + "\n"
@@ -459,7 +471,8 @@ def _check_rows(writer, start: int, num_steps: int, log_every: int, metrics) -> 
 def _abandon(writer) -> None:
     """Close the writers of a failed run; what they cannot flush (a full disk) is dropped
     here rather than reported again at interpreter exit."""
-    for close in (writer.file.close, writer.tb.close) if hasattr(writer, "tb") else ():
+    closes = [writer.file.close, *(t.close for t in writer.trackers)]
+    for close in closes if hasattr(writer, "trackers") else ():
         with contextlib.suppress(OSError):
             close()
 
@@ -467,6 +480,24 @@ def _abandon(writer) -> None:
 def _close(ds) -> None:
     if hasattr(ds, "close"):
         ds.close()
+
+
+def schedule_changes(t: ml_collections.ConfigDict, old_num_steps: int) -> bool:
+    """Whether ``t``'s learning-rate schedule, built for ``old_num_steps`` (as a run of that
+    length built it), differs from the one for ``t.num_steps`` over the steps both share: a
+    decaying schedule takes its length from ``num_steps`` unless its kwargs give one."""
+    from experiments import optim
+
+    def schedule(num_steps: int):
+        kwargs = t.schedule_kwargs.to_dict()
+        return optim.build_schedule(t.schedule, t.learning_rate, kwargs, num_steps, t.warmup_steps)
+
+    before, now = schedule(old_num_steps), schedule(t.num_steps)
+    if not (callable(before) and callable(now)):
+        return False  # constant
+    shared = min(old_num_steps, t.num_steps)
+    steps = np.unique(np.linspace(0, shared, 65).astype(np.int32))
+    return not np.allclose([before(s) for s in steps], [now(s) for s in steps], rtol=1e-6)
 
 
 def _config_dict(config) -> dict:

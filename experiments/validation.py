@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import numbers
 import pathlib
+import re
 import sys
 from collections.abc import Iterable
 
@@ -41,6 +42,7 @@ REGRESSION_DATASETS = ("student_teacher_regression", "synthetic_regression")
 # attn_dynamics.models.SHARED_INIT_CHOICES; attn_dynamics.data.student_teacher.TEACHER_KV
 SHARED_INIT_CHOICES = ("", "Q", "K", "V", "QK", "QV", "KV", "QKV")
 TEACHER_KV = ("seed", "shared")
+TRAINABLE_LETTERS = "QKV"  # attn_dynamics.freezing.MATRIX_MODULES
 # attn_dynamics.floater.{INJECTIONS, SOLVERS, ADJOINTS}
 FLOATER_INJECTIONS = ("input", "every_layer", "qkv_bias")
 FLOATER_SOLVERS = ("rk4", "tsit5", "dopri5")
@@ -338,6 +340,9 @@ def check_train(t) -> None:
     _str("train.optimizer", t.optimizer)  # any optax name: checked against optax later
     _str("train.schedule", t.schedule)
     _str("train.trainable", t.trainable)
+    check_trainable(t.trainable)
+    if t.get("diverge_above") is not None:
+        _real("train.diverge_above", t.diverge_above, low=1.0, high=math.inf, open_low=True)
     _real("train.learning_rate", t.learning_rate, low=0.0, open_low=True)
     _int("train.warmup_steps", t.warmup_steps, minimum=0)
     for name in ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
@@ -356,6 +361,23 @@ def check_train(t) -> None:
         _real("train.stable_step_fraction", t.stable_step_fraction, low=0.0)
     if t.get("init_from") is not None:
         check_init_from(t.init_from)
+
+
+def check_trainable(spec: str) -> None:
+    """The syntax of a trainable spec (:mod:`attn_dynamics.freezing`): letters Q, K, V at most
+    once each, or ``re:<regex>``. Whether it matches a parameter needs the model: later."""
+    if spec.startswith("re:"):
+        try:
+            re.compile(spec[3:])
+        except re.error as e:
+            raise ConfigError(
+                f"config.train.trainable={spec!r} is not a valid regular expression ({e})"
+            ) from None
+    elif set(spec) - set(TRAINABLE_LETTERS) or len(set(spec)) != len(spec):
+        raise ConfigError(
+            f"invalid config.train.trainable {spec!r}: use each of the letters Q, K, V at most "
+            "once (e.g. 'QKV', 'QK', 'V'), or 're:<regex>' over parameter paths"
+        )
 
 
 def check_init_from(source) -> None:

@@ -13,7 +13,7 @@ import json
 import os
 import pathlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from experiments.rundirs import flatten
 
@@ -24,6 +24,9 @@ RESUMABLE_CHANGES = (
     "train.stop_at_threshold",
     "mesh.cpu_devices_per_core",  # a layout: the checkpoint is laid out on the new mesh
 )
+# Parts of config.json that are no part of the run: what made it (`provenance`, rewritten on
+# every start) and the trackers (`logging.*`, which may change on resume). Prefixes.
+NOT_THE_RUN = ("provenance.", "logging.")
 # Fields added since runs were first written, with the value that behaves as before they
 # existed: a run directory whose config.json lacks one resumes when the field has that value.
 ADDED_FIELDS = {
@@ -34,6 +37,9 @@ ADDED_FIELDS = {
     "data.teacher_kv": "seed",
     "mesh.cpu_devices_per_core": 0,
     "data.generator": "reference",  # pathfinder: the generator before the vectorised one
+    # 0.2.0. Before it, only non-finite losses diverged; an older run resumes under the
+    # default, which changes nothing for a seed below 1e6 x its initial loss.
+    "train.diverge_above": 1e6,
 }
 
 
@@ -74,8 +80,36 @@ def ensure_writable(workdir: pathlib.Path) -> None:
         raise WorkdirError(f"workdir {str(workdir)!r} is not writable ({e.strerror})") from None
 
 
-def check_same_config(workdir: pathlib.Path, config_json: dict) -> None:
-    """If ``workdir`` holds a run, it must be a run of this config (else nothing is touched)."""
+def differences(before: dict, now: dict) -> list[str]:
+    """The fields (dotted) in which two config.json objects differ as runs: fields added since
+    ``before`` was written count at their :data:`ADDED_FIELDS` value; :data:`NOT_THE_RUN` and
+    :data:`RESUMABLE_CHANGES` do not count."""
+    before, now = _the_run(before), _the_run(now)
+    before = {**{k: v for k, v in ADDED_FIELDS.items() if k in now}, **before}
+    return sorted(
+        k
+        for k in set(before) | set(now)
+        if before.get(k) != now.get(k) and k not in RESUMABLE_CHANGES
+    )
+
+
+def _the_run(config_json: dict) -> dict:
+    flat = flatten(config_json)
+    return {k: v for k, v in flat.items() if not k.startswith(NOT_THE_RUN)}
+
+
+def check_same_config(
+    workdir: pathlib.Path,
+    config_json: dict,
+    *,
+    schedule_changes: Callable[[int], bool] | None = None,
+) -> None:
+    """If ``workdir`` holds a run, it must be a run of this config (else nothing is touched).
+
+    ``schedule_changes(old_num_steps)``: whether the learning-rate schedule would change shape
+    if a run of ``old_num_steps`` went on with this config's ``train.num_steps`` (a decaying
+    schedule whose length is ``num_steps``); such a resume is refused, naming the fix.
+    """
     saved = workdir / "config.json"
     if not saved.exists():
         return
@@ -86,17 +120,21 @@ def check_same_config(workdir: pathlib.Path, config_json: dict) -> None:
             f"{saved} is damaged (not JSON); if this workdir holds a run of this config, delete "
             "that file and rerun to resume, else use a fresh --workdir"
         ) from None
-    before, now = flatten(before), flatten(config_json)
-    before = {**{k: v for k, v in ADDED_FIELDS.items() if k in now}, **before}
-    changed = sorted(
-        k
-        for k in set(before) | set(now)
-        if before.get(k) != now.get(k) and k not in RESUMABLE_CHANGES
-    )
+    changed = differences(before, config_json)
     if changed:
         raise WorkdirError(
             f"workdir {str(workdir)!r} holds a run of another config (differs in "
             f"{changed[:5]}); use a fresh --workdir or the same config to resume"
+        )
+    old, new = before.get("train", {}).get("num_steps"), config_json["train"]["num_steps"]
+    if old is not None and old != new and schedule_changes is not None and schedule_changes(old):
+        schedule = config_json["train"]["schedule"]
+        raise WorkdirError(
+            f"workdir {str(workdir)!r} holds a run of train.num_steps={old}, and its "
+            f"{schedule!r} learning-rate schedule lasts num_steps: going on to {new} would "
+            f"change the schedule mid-run; resume with --config.train.num_steps={old}, or "
+            f"train {new} steps in a fresh --workdir (warm-started from this run with "
+            f"--config.train.init_from={workdir})"
         )
 
 

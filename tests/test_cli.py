@@ -17,6 +17,7 @@ import pathlib
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import ml_collections
@@ -29,10 +30,12 @@ CONFIG_NAMES = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem[
 HEAVY_MODULES = ("jax", "jaxlib", "flax", "optax", "orbax")
 
 
-def cli(*args: str) -> tuple[subprocess.CompletedProcess, list[str], set[str]]:
+def cli(
+    *args: str, module: str = "experiments.run"
+) -> tuple[subprocess.CompletedProcess, list[str], set[str]]:
     """The process, its stderr lines (import-time report removed) and the modules it imported."""
     result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "experiments.run", *args],
+        [sys.executable, "-X", "importtime", "-m", module, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -134,7 +137,14 @@ BAD_INPUTS = {  # case: (arguments, words the error line must contain)
     "unknown flag": ([MAIN, "--worksdir=x"], ["worksdir"]),
     "stray argument": ([MAIN, "configs/qk_frozen.py"], ["configs/qk_frozen.py"]),
     "no config": (["--workdir=x"], ["--config"]),
+    "trainable letters": ([MAIN, "--config.train.trainable=QX"], ["'QX'", "Q, K, V"]),
+    "trainable regex": ([MAIN, "--config.train.trainable=re:["], ["'re:['", "regular expression"]),
+    "diverge_above below 1": ([MAIN, "--config.train.diverge_above=0.5"], ["diverge_above", "0.5"]),
+    "a packaged config's unknown variant by name": (["--config=qk_frozen:nope"], ["'nope'"]),
 }
+# Rejected in well under this (the issue measured 5 s where JAX was imported first); the
+# interpreter, absl and ml_collections take ~0.4 s on an idle 2-core machine.
+REJECT_SECONDS = 2.0
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
@@ -142,7 +152,9 @@ def test_bad_input_exits_2_with_one_line_before_jax(case, existing_workdir, dict
     args, must_mention = BAD_INPUTS[case]
     args = [a.format(dict_config=dict_config) for a in args]
     before = snapshot(existing_workdir)
+    start = time.perf_counter()
     result, lines, imported = cli(*args, f"--workdir={existing_workdir}")
+    assert time.perf_counter() - start < REJECT_SECONDS
     assert result.returncode == 2, result.stderr[-3000:]
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     for word in must_mention:
@@ -489,3 +501,171 @@ def test_theory_head_check_agrees_with_the_model(dim, out_dim, heads, output_pro
     except validation.ConfigError:
         accepted = False
     assert accepted == builds
+
+
+# --------------------------------------------------------------------------------------------
+# Every entry point: one style (absl flags defined in main, a usage line, complete help,
+# one-line errors with exit 2)
+
+
+def defined_flags(module: str) -> set[str]:
+    """The flags ``module``'s command defines (on a FlagValues of its own)."""
+    from absl import flags
+
+    from experiments import measure, sweep
+
+    fv = flags.FlagValues()
+    if module in ("experiments.run", "experiments.sweep"):
+        run.define_flags(fv, ["prog"])
+    if module == "experiments.sweep":
+        sweep.define_flags(fv)
+        return set(fv) - set(sweep.MULTI_HOST_FLAGS)  # refused there: attn-dynamics-run's
+    if module in ("experiments.measure", "experiments.minima"):
+        measure.define_flags(fv)
+    if module == "experiments.landscape":
+        return {"config", "workdir"}
+    return set(fv)
+
+
+ENTRY_POINTS = {  # module: (a bad command line, words its one error line must contain)
+    "experiments.run": (["--config=qk_frozen", "--nope=1"], ["'nope'"]),
+    "experiments.sweep": (
+        ["--config=qk_frozen:smoke", "--workdir=unused"],
+        ["nothing to sweep", "--axis", "--single_cell"],
+    ),
+    "experiments.report": (["a", "b"], ["expected one directory", "['a', 'b']"]),
+    "experiments.analyses": (["q_onyl", "."], ["'q_onyl'", "kernel_subsets"]),
+    "experiments.measure": (["sharpness", ".", "--iters=many"], ["--iters=many"]),
+    "experiments.minima": (["sharpness", "."], ["expected RUNDIR", "sharpness"]),
+    "experiments.landscape": (["--config=qk_frozen"], ["not a landscape config"]),
+}
+# Commands whose package imports its libraries (JAX, SciPy) on import: not timed here.
+IMPORTS_ITS_LIBRARIES = ("experiments.analyses", "experiments.minima")
+
+
+@pytest.mark.parametrize("module", sorted(ENTRY_POINTS))
+def test_every_entry_point_has_a_usage_line_and_help_listing_each_flag(module):
+    result, lines, imported = cli("--help", module=module)
+    assert result.returncode == 0 and lines == [], result.stderr[-2000:]
+    assert result.stdout.startswith(f"usage: python -m {module}"), result.stdout[:200]
+    for name in defined_flags(module):
+        assert f"--{name}=" in result.stdout or f"--[no]{name}" in result.stdout, name
+    assert "exit status" in result.stdout
+    if module not in IMPORTS_ITS_LIBRARIES:
+        assert not imported & set(HEAVY_MODULES), sorted(imported & set(HEAVY_MODULES))
+
+
+@pytest.mark.parametrize("module", sorted(ENTRY_POINTS))
+def test_every_entry_point_rejects_bad_input_in_one_line_with_exit_2(module, tmp_path):
+    args, must_mention = ENTRY_POINTS[module]
+    start = time.perf_counter()
+    result, lines, imported = cli(*args, module=module)
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    for word in must_mention:
+        assert word in lines[0], (word, lines[0])
+    if module not in IMPORTS_ITS_LIBRARIES:
+        assert elapsed < REJECT_SECONDS and not imported & set(HEAVY_MODULES)
+    assert not (ROOT / "unused").exists()
+
+
+def test_importing_the_commands_defines_no_flags():
+    """Each command defines its flags in main: a notebook imports them all side by side."""
+    modules = [f"experiments.{m}" for m in ("run", "sweep", "report", "measure", "landscape")]
+    code = (
+        # absl.logging defines absl's own flags when a library imports it: not ours
+        "from absl import flags, logging; import importlib; before = set(flags.FLAGS)\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        "print(sorted(set(flags.FLAGS) - before))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120, check=True)  # fmt: skip
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_command_parses_twice_in_one_process(tmp_path):
+    from experiments import sweep
+
+    argv = ["sweep", "--config=qk_frozen:smoke", f"--workdir={tmp_path}", "--single_cell"]
+    for _ in range(2):  # flags on a FlagValues of each call: no DuplicateFlagError
+        parsed = sweep.parse(argv)
+        assert parsed.axes == {} and parsed.run.workdir == str(tmp_path)
+    axis = sweep.parse([*argv[:3], "--axis=model.kernel=softmax,gaussian"])
+    assert axis.axes == {"model.kernel": ("softmax", "gaussian")}
+
+
+def test_a_run_without_workdir_is_given_the_command_that_resumes_it():
+    parsed = run.parse(["attn-dynamics-run", "--config=qk_frozen:smoke", "--config.seeds=(0,1)"])
+    assert not parsed.workdir_given and parsed.workdir.startswith("runs/qk_frozen-")
+    assert run.resume_command(parsed) == (
+        "attn-dynamics-run --config=qk_frozen:smoke '--config.seeds=(0,1)' "
+        f"--workdir={parsed.workdir}"
+    )
+
+
+def test_configs_resolve_by_path_or_by_name_against_the_package(tmp_path, monkeypatch):
+    packaged = str(ROOT / "configs" / "qk_frozen.py")
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the package's are found
+    for spec in ("configs/qk_frozen.py", "qk_frozen.py", "qk_frozen"):
+        assert run.resolve_config(f"{spec}:smoke") == f"{packaged}:smoke"
+    (tmp_path / "mine.py").write_text("")
+    assert run.resolve_config("mine.py") == "mine.py"  # a file here wins
+    assert run.resolve_config("configs/nope.py") == "configs/nope.py"  # left to fail clearly
+    assert "qk_frozen" in run.available_configs()  # names, outside a checkout
+
+
+# --------------------------------------------------------------------------------------------
+# Runs: divergence above a threshold, a schedule-reshaping resume, the progress bar in a log
+
+
+def test_a_loss_far_above_its_start_is_divergence(tmp_path):
+    from experiments import train
+
+    config = qk_frozen(train__learning_rate=0.4, train__num_steps=20)  # grows to 2e34, finite
+    config.train.diverge_above = None  # only non-finite losses: the seed ends "done"
+    off = train.train_and_evaluate(config, tmp_path / "off")
+    assert off["status"] == "done" and off["final_loss"] > 1e30
+    config.train.diverge_above = defaults.base_config().train.diverge_above  # 1e6
+    on = train.train_and_evaluate(config, tmp_path / "on")
+    assert on["status"] == "diverged" and on["num_diverged"] == len(config.seeds)
+    for seed in on["seeds"]:
+        assert 0 < seed["diverged_at"] < 20
+        assert seed["final_loss"] <= 1e6 * seed["initial_loss"]  # the last loss before
+
+
+def test_resuming_with_more_steps_is_refused_when_the_schedule_would_change(tmp_path):
+    from experiments import train
+
+    config = qk_frozen(train__schedule="cosine", train__num_steps=10)
+    train.train_and_evaluate(config, tmp_path)
+    config.train.num_steps = 30
+    with pytest.raises(train.ConfigError) as error:
+        train.train_and_evaluate(config, tmp_path)
+    message = str(error.value)
+    assert "--config.train.num_steps=10" in message and "init_from" in message
+    assert "\n" not in message
+    assert train.schedule_changes(config.train, 10)
+    config.train.schedule = "constant"
+    assert not train.schedule_changes(config.train, 10)
+    config.train.schedule = "cosine"
+    config.train.unlock()
+    config.train.schedule_kwargs.decay_steps = 100  # a length of its own: num_steps is free
+    assert not train.schedule_changes(config.train, 10)
+
+
+def test_the_progress_bar_is_a_line_a_minute_off_a_terminal():
+    import io
+
+    from experiments import logs
+
+    log = io.StringIO()  # not a terminal
+    progress = logs.progress_bar(True, 5, 100, stream=log)
+    progress.set_postfix(loss="1.0e-03")
+    for _ in range(94):
+        progress.update(1)
+    assert log.getvalue() == ""  # under a minute: nothing yet
+    progress.update(1)  # the last step: one line
+    assert "\r" not in log.getvalue()
+    (line,) = log.getvalue().splitlines()
+    assert line.startswith("train: step 100/100 (100%)") and line.endswith("loss=1.0e-03")
