@@ -2,6 +2,7 @@
 
     python -m experiments.measure sharpness RUNDIR [--iters 300] [--tol 1e-5] [--force]
     python -m experiments.measure minima RUNDIR [--force]
+    python -m experiments.measure positions RUNDIR [--force]
 
 RUNDIR is one run or a sweep root (every finished run under it is measured). ``sharpness``
 writes ``sharpness.json`` into each run directory: the top Hessian eigenvalue of the training
@@ -11,7 +12,9 @@ matrices held fixed), per seed at the last checkpoint (``final``), and for
 (``teacher``, with the loss there, ``teacher_loss``). A run that already has the file is skipped
 unless ``--force``. ``minima`` writes ``minima.json`` (Q-only runs): per seed, global optimum,
 sub-optimal local minimum or neither, from the gradient and the float64 Hessian w.r.t. W_Q
-(:mod:`experiments.minima`). The analyses (``python -m experiments.analyses``) only read
+(:mod:`experiments.minima`). ``positions`` writes ``positions.npz`` (encoder runs): each seed's
+position features at positions 0 .. 2L, L the training length
+(:mod:`experiments.position_features`). The analyses (``python -m experiments.analyses``) only read
 these files.
 """
 
@@ -111,7 +114,15 @@ def minima(run_dir: pathlib.Path) -> dict:
     return minima_lib.minima(run_dir)
 
 
-MEASURES = {"sharpness": sharpness, "minima": minima}
+def positions(run_dir: pathlib.Path) -> pathlib.Path:
+    """Position features past the training length (:mod:`experiments.position_features`)."""
+    from experiments import position_features
+
+    return position_features.write(run_dir)
+
+
+MEASURES = {"sharpness": sharpness, "minima": minima, "positions": positions}
+OUTPUTS = {"positions": "positions.npz"}  # the others write <measure>.json
 
 
 def measure_runs(
@@ -121,10 +132,12 @@ def measure_runs(
     with ``force``); returns the files written. ``options`` go to the measure function."""
     written = []
     for run_dir in finished_runs(pathlib.Path(root)):
-        out = run_dir / f"{what}.json"
+        out = run_dir / OUTPUTS.get(what, f"{what}.json")
         if out.exists() and not force:
             continue
-        out.write_text(json.dumps(MEASURES[what](run_dir, **options)) + "\n")
+        result = MEASURES[what](run_dir, **options)
+        if out.suffix == ".json":
+            out.write_text(json.dumps(result) + "\n")
         written.append(out)
     return written
 
@@ -162,7 +175,8 @@ def usage(prog: str = PROG, only: str | None = None, *, full: bool = False) -> s
         "Compute quantities from finished runs' checkpoints into their run directories "
         "(RUNDIR: one run or a sweep root; every finished run under it): sharpness writes "
         "sharpness.json (top Hessian eigenvalue per seed), minima writes minima.json (Q-only "
-        "runs: global optimum, sub-optimal local minimum or neither). The analyses "
+        "runs: global optimum, sub-optimal local minimum or neither), positions writes "
+        "positions.npz (encoder runs: position features at positions 0 .. 2L). The analyses "
         "(python -m experiments.analyses) read these files.",
         cli.flag_rows(fv),
         epilog="exit status: 0 written (or nothing left to measure); 2 bad input or no finished "

@@ -566,7 +566,7 @@ def test_position_features_and_parameter_counts(smoke_runs):
     (written out here in NumPy), learned equals its checkpointed table; the parameter table
     counts the FLOATER vector field as the reference code's two Linear(d+1 -> d) layers."""
     from experiments import checkpointing, position_features
-    from experiments.analyses import positions
+    from experiments.analyses import encodings
 
     root = _root(smoke_runs, "extrapolation")
     for run in ("model.position=sinusoidal", "model.position=learned"):
@@ -589,7 +589,7 @@ def test_position_features_and_parameter_counts(smoke_runs):
     assert (root / "position_features.png").stat().st_size > 0
     assert len(table(text)) == 2
     d = 512
-    assert positions.count("floater", dim=d, num_layers=6, max_len=64) == (
+    assert encodings.count("floater", dim=d, num_layers=6, max_len=64) == (
         2 * ((d + 1) * d + d) + 6 * 3 * d  # h: two Linear(d+1 -> d); p(0) per block and q/k/v
     )
-    assert positions.count("learned", dim=d, num_layers=6, max_len=512) == 512 * d
+    assert encodings.count("learned", dim=d, num_layers=6, max_len=512) == 512 * d

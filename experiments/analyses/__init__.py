@@ -9,13 +9,13 @@ and writes ``ablation_<KIND>.md`` and its PNGs into RUNDIR. Quantities that need
 Modules: :mod:`.cells` (per-seed outcomes of a sweep's cells), :mod:`.tables` (rows, statistics,
 markdown), :mod:`.plots` (figures on ``matplotlib.figure.Figure``, no global backend),
 :mod:`.theory` (kernel x subset, Q-only, over-parameterisation), :mod:`.tasks` (real tasks:
-kernels, length extrapolation), :mod:`.positions` (position features past the training length,
+kernels, length extrapolation), :mod:`.encodings` (position features past the training length,
 parameter counts), :mod:`.stats` and :mod:`.comparisons` (paired tests between arms).
 """
 
 from __future__ import annotations
 
-from experiments.analyses.positions import positions
+from experiments.analyses.encodings import positions
 from experiments.analyses.small_model import small_model
 from experiments.analyses.tasks import extrapolation, kernels
 from experiments.analyses.theory import kernel_subsets, overparam, q_only
