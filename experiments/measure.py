@@ -166,12 +166,11 @@ def define_flags(fv: flags.FlagValues) -> MeasureFlags:
     )
 
 
-def usage(prog: str = PROG, only: str | None = None, *, full: bool = False) -> str:
+def usage(prog: str = PROG, *, full: bool = False) -> str:
     fv = flags.FlagValues()
     define_flags(fv)
-    what = "" if only else f"{{{'|'.join(sorted(MEASURES))}}} "
     return cli.help_text(
-        f"usage: {prog} {what}RUNDIR [--iters=N] [--tol=X] [--force]",
+        f"usage: {prog} {{{'|'.join(sorted(MEASURES))}}} RUNDIR [--iters=N] [--tol=X] [--force]",
         "Compute quantities from finished runs' checkpoints into their run directories "
         "(RUNDIR: one run or a sweep root; every finished run under it): sharpness writes "
         "sharpness.json (top Hessian eigenvalue per seed), minima writes minima.json (Q-only "
@@ -185,20 +184,15 @@ def usage(prog: str = PROG, only: str | None = None, *, full: bool = False) -> s
     )
 
 
-def main(argv: list[str] | None = None, prog: str = PROG, only: str | None = None) -> int:
-    """``argv``: the arguments after the program name (``['sharpness', 'runs/x']``; with
-    ``only``, the measure to take, just ``['runs/x']``)."""
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """``argv``: the arguments after the program name (``['sharpness', 'runs/x']``)."""
     argv = sys.argv[1:] if argv is None else argv
     if kind := cli.help_requested(argv):
-        print(usage(prog, only, full=kind == "full"), end="")
+        print(usage(prog, full=kind == "full"), end="")
         sys.exit(0)
     fv = flags.FlagValues()
     f = define_flags(fv)
     args = cli.parse(fv, [prog, *argv])
-    if only is not None:
-        if len(args) != 1:
-            cli.fail(f"expected RUNDIR, got {args or 'nothing'}; usage: {prog} RUNDIR [--force]")
-        args = [only, *args]
     if len(args) != 2 or args[0] not in MEASURES:
         cli.fail(f"expected MEASURE RUNDIR with MEASURE one of {sorted(MEASURES)}, got {args}")
     if f.iters.value < 1 or not f.tol.value > 0:

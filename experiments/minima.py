@@ -216,11 +216,20 @@ def minima(run_dir: pathlib.Path, tol: Tolerances = Tolerances()) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m experiments.minima RUNDIR [--force]``: the same as ``python -m
-    experiments.measure minima RUNDIR``, which writes ``minima.json``."""
-    from experiments import measure
+    """``python -m experiments.minima`` points to the command that runs this module,
+    ``python -m experiments.measure minima RUNDIR`` (which writes ``minima.json``)."""
+    import sys
 
-    return measure.main(argv, prog="python -m experiments.minima", only="minima")
+    from experiments import cli
+
+    argv = sys.argv[1:] if argv is None else argv
+    command = "python -m experiments.measure minima"
+    if cli.help_requested(argv):
+        print(f"usage: {command} RUNDIR [--force]\n\n{cli.one_line(__doc__.split(chr(10) * 2)[0])}"
+              f"\n\nexperiments.minima is the library that command runs.")  # fmt: skip
+        return 0
+    arguments = " ".join(argv) or "RUNDIR"
+    return cli.error(f"experiments.minima is a library; run: {command} {arguments}")
 
 
 if __name__ == "__main__":

@@ -520,7 +520,7 @@ def defined_flags(module: str) -> set[str]:
     if module == "experiments.sweep":
         sweep.define_flags(fv)
         return set(fv) - set(sweep.MULTI_HOST_FLAGS)  # refused there: attn-dynamics-run's
-    if module in ("experiments.measure", "experiments.minima"):
+    if module == "experiments.measure":
         measure.define_flags(fv)
     if module == "experiments.landscape":
         return {"config", "workdir"}
@@ -536,11 +536,10 @@ ENTRY_POINTS = {  # module: (a bad command line, words its one error line must c
     "experiments.report": (["a", "b"], ["expected one directory", "['a', 'b']"]),
     "experiments.analyses": (["q_onyl", "."], ["'q_onyl'", "kernel_subsets"]),
     "experiments.measure": (["sharpness", ".", "--iters=many"], ["--iters=many"]),
-    "experiments.minima": (["sharpness", "."], ["expected RUNDIR", "sharpness"]),
     "experiments.landscape": (["--config=qk_frozen"], ["not a landscape config"]),
 }
-# Commands whose package imports its libraries (JAX, SciPy) on import: not timed here.
-IMPORTS_ITS_LIBRARIES = ("experiments.analyses", "experiments.minima")
+# A command whose package imports its libraries (SciPy, matplotlib) on import: not timed here.
+IMPORTS_ITS_LIBRARIES = ("experiments.analyses",)
 
 
 @pytest.mark.parametrize("module", sorted(ENTRY_POINTS))
@@ -568,6 +567,16 @@ def test_every_entry_point_rejects_bad_input_in_one_line_with_exit_2(module, tmp
     if module not in IMPORTS_ITS_LIBRARIES:
         assert elapsed < REJECT_SECONDS and not imported & set(HEAVY_MODULES)
     assert not (ROOT / "unused").exists()
+
+
+def test_the_minima_library_points_to_the_command_that_runs_it():
+    result, lines, _ = cli("--help", module="experiments.minima")
+    assert result.returncode == 0 and lines == []
+    assert result.stdout.startswith("usage: python -m experiments.measure minima RUNDIR")
+    result, lines, _ = cli("runs/q", module="experiments.minima")
+    assert result.returncode == 2
+    assert lines == ["error: experiments.minima is a library; run: python -m experiments.measure "
+                     "minima runs/q"]  # fmt: skip
 
 
 def test_importing_the_commands_defines_no_flags():
