@@ -538,7 +538,7 @@ ENTRY_POINTS = {  # module: (a bad command line, words its one error line must c
     "experiments.measure": (["sharpness", ".", "--iters=many"], ["--iters=many"]),
     "experiments.landscape": (["--config=qk_frozen"], ["not a landscape config"]),
 }
-# A command whose package imports its libraries (SciPy, matplotlib) on import: not timed here.
+# A command whose help imports its libraries (SciPy, matplotlib: the analyses' docstrings).
 IMPORTS_ITS_LIBRARIES = ("experiments.analyses",)
 
 
@@ -564,8 +564,7 @@ def test_every_entry_point_rejects_bad_input_in_one_line_with_exit_2(module, tmp
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     for word in must_mention:
         assert word in lines[0], (word, lines[0])
-    if module not in IMPORTS_ITS_LIBRARIES:
-        assert elapsed < REJECT_SECONDS and not imported & set(HEAVY_MODULES)
+    assert elapsed < REJECT_SECONDS and not imported & set(HEAVY_MODULES)
     assert not (ROOT / "unused").exists()
 
 

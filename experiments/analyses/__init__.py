@@ -15,28 +15,49 @@ parameter counts), :mod:`.stats` and :mod:`.comparisons` (paired tests between a
 
 from __future__ import annotations
 
-from experiments.analyses.encodings import positions
-from experiments.analyses.small_model import small_model
-from experiments.analyses.tasks import extrapolation, kernels
-from experiments.analyses.theory import kernel_subsets, overparam, q_only
+import importlib
 
-ANALYSES = {
-    "kernel_subsets": kernel_subsets,
-    "q_only": q_only,
-    "overparam": overparam,
-    "kernels": kernels,
-    "extrapolation": extrapolation,
-    "small_model": small_model,
-    "positions": positions,
+# kind -> the module that defines the function of that name; imported on first use, so that
+# rejecting a bad command line costs no SciPy or matplotlib import
+_MODULES = {
+    "kernel_subsets": "theory",
+    "q_only": "theory",
+    "overparam": "theory",
+    "kernels": "tasks",
+    "extrapolation": "tasks",
+    "small_model": "small_model",
+    "positions": "encodings",
 }
 
-__all__ = [
-    "ANALYSES",
-    "extrapolation",
-    "kernel_subsets",
-    "kernels",
-    "overparam",
-    "positions",
-    "q_only",
-    "small_model",
-]
+
+class Analysis:
+    """``analysis(rundir) -> markdown``: the function ``name`` of its module, imported when it
+    is first called (or its ``__doc__`` read)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    @property
+    def function(self):
+        module = importlib.import_module(f"experiments.analyses.{_MODULES[self.name]}")
+        return getattr(module, self.name)
+
+    @property
+    def __doc__(self):  # noqa: D105 -- the analysis's own docstring, for --help
+        return self.function.__doc__
+
+    def __call__(self, root):
+        return self.function(root)
+
+
+ANALYSES = {name: Analysis(name) for name in _MODULES}
+
+
+def __getattr__(name: str):
+    """``analyses.kernel_subsets`` and the like: the analysis functions themselves."""
+    if name in _MODULES:
+        return ANALYSES[name].function
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["ANALYSES", "Analysis", *_MODULES]

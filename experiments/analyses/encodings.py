@@ -71,7 +71,7 @@ def smoothness_row(label: str, feats: np.ndarray, train_len: int) -> dict:
 
 
 def positions(root: pathlib.Path) -> str:
-    """Position features over positions 0 .. 2L per encoding; the parameter-count table."""
+    """Position features at positions 0 to 2L per encoding, and the parameter-count table."""
     panels, rows = [], []
     for c in cells_lib.load_all(root):
         measured = position_features.read(c.path)

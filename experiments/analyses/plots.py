@@ -260,5 +260,5 @@ def position_features(panels: list[tuple[str, np.ndarray, int]], path: pathlib.P
         ax_norm.set_yscale("log")
         ax_norm.legend(fontsize=7)
     for ax in axes[-1]:
-        ax.set_xlabel("position (dashed: the training length L; right of it never trained)")
+        ax.set_xlabel("position (dashed: L; past it never trained)")
     _save(fig, path)
