@@ -37,6 +37,7 @@ ADDED_FIELDS = {
     "data.teacher_kv": "seed",
     "mesh.cpu_devices_per_core": 0,
     "data.generator": "reference",  # pathfinder: the generator before the vectorised one
+    "data.eval_regions": ["all"],  # order tasks: only the len_<n> splits, as before
     # 0.2.0. Before it, only non-finite losses diverged; an older run resumes under the
     # default, which changes nothing for a seed below 1e6 x its initial loss.
     "train.diverge_above": 1e6,
