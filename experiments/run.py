@@ -152,8 +152,13 @@ def usage(argv: list[str] | None = None, *, full: bool = False) -> str:
             "list a config's fields, values and comments (runs nothing):",
             f"  {prog} --config=qk_frozen --show_config",
             "",
-            "exit status: 0 done; 1 diverged or failed; 2 bad input (one line on stderr); "
-            "130 interrupted.",
+            textwrap.fill(
+                "exit status: 0 done; 1 diverged or failed; 2 bad input (one line on stderr); "
+                "3 multi-host: a peer was lost (one line, with the command that resumes); "
+                "130 interrupted.",
+                cli.WIDTH,
+                subsequent_indent="  ",
+            ),
         ]
     )
     return cli.help_text(
@@ -486,20 +491,34 @@ def main(argv: list[str] | None = None) -> int:
     config, workdir = invocation.config, invocation.workdir
     if not invocation.workdir_given:
         print(f"workdir: {workdir} (resume: {resume_command(invocation)})", file=sys.stderr)
+    the_cluster = cluster(invocation.flags)
+    if the_cluster.wanted and not the_cluster.supervised:
+        # One process of many: the work runs in a child, so that a lost peer (which JAX's
+        # runtime answers with a C++ abort) ends this process with one line and exit 3.
+        return distributed.supervise(
+            [sys.executable, "-m", "experiments.run", *argv[1:]],
+            lost_peer=lambda text: distributed.lost_peer_line(
+                the_cluster, text, resume_command(invocation)
+            ),
+        )
     host.configure(config.mesh.get("cpu_devices_per_core", 0))  # XLA CPU flags, before JAX
-    distributed.initialize(cluster(invocation.flags))  # before any other JAX call
+    distributed.initialize(the_cluster)  # before any other JAX call
     from experiments import train  # imports JAX: only once the config is known to be valid
 
     try:
         summary = train.train_and_evaluate(config, workdir)
-    except train.ConfigError as e:
-        fail(str(e))
-    except train.data.DatasetNotPrepared as e:
-        fail(str(e))
-    except train.RunFailed as e:
-        quiet_abandoned_writers()
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except Exception as e:
+        if the_cluster.supervised and (detail := distributed.lost_peer(e)):
+            distributed.leave_lost_peer(detail)  # the supervisor prints the line
+        if isinstance(e, train.ConfigError | train.data.DatasetNotPrepared):
+            fail(str(e))
+        if isinstance(e, train.RunFailed):
+            quiet_abandoned_writers()
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        if the_cluster.supervised:
+            distributed.leave_failed()  # the traceback, without waiting for the peers
+        raise
     print(
         f"status: {summary['status']}  final loss: {summary['final_loss']}  "
         f"wall time: {summary['wall_seconds']:.1f} s  workdir: {workdir}",
