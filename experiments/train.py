@@ -471,8 +471,9 @@ def _check_rows(writer, start: int, num_steps: int, log_every: int, metrics) -> 
 def _abandon(writer) -> None:
     """Close the writers of a failed run; what they cannot flush (a full disk) is dropped
     here rather than reported again at interpreter exit."""
-    closes = [writer.file.close, *(t.close for t in writer.trackers)]
-    for close in closes if hasattr(writer, "trackers") else ():
+    if not hasattr(writer, "trackers"):  # a NullWriter (processes other than 0) holds no file
+        return
+    for close in (writer.file.close, *(t.close for t in writer.trackers)):
         with contextlib.suppress(OSError):
             close()
 
