@@ -5,8 +5,11 @@ version, and the files a package people cite and adopt carries exist and agree w
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import os
 import pathlib
 import re
+import subprocess
 import sys
 import tomllib
 
@@ -26,7 +29,7 @@ FLOOR_SETTERS = ("jax", "jaxlib", "flax", "orbax-checkpoint", "diffrax", "grain"
 
 
 def python_floor(specifier: str) -> Version:
-    return min(Version(s.version) for s in SpecifierSet(specifier) if s.operator == ">=")
+    return min(Version(s.version) for s in SpecifierSet(specifier) if s.operator in (">=", "~="))
 
 
 def test_requires_python_is_what_the_dependencies_need():
@@ -80,3 +83,86 @@ def test_the_console_scripts_are_the_modules_mains():
         module, _, function = target.partition(":")
         assert script == f"attn-dynamics-{module.rsplit('.', 1)[1]}" and function == "main"
         assert callable(getattr(modules[module.rsplit(".", 1)[1]], function))
+
+
+# uv's wording when the index (or a Python to download) cannot be reached: the connection, not
+# the request, failed. Anything else (no solution, a build error, a failed run) is a failure.
+UNREACHABLE = re.compile(
+    r"error sending request|dns error|tcp connect error|connection refused|connection reset|"
+    r"network is unreachable|operation timed out|failed to lookup address|"
+    r"network was disabled|HTTP status server error",
+    re.IGNORECASE,
+)
+
+
+def uv_or_skip(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    """Run uv; skip when it could not reach the index (before anything was installed)."""
+    from uv import find_uv_bin  # the test extra's
+
+    done = subprocess.run([find_uv_bin(), *args], capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0 and UNREACHABLE.search(done.stderr):
+        last = [line.strip() for line in done.stderr.splitlines() if line.strip()][-1]
+        pytest.skip(f"the package index cannot be reached (uv {args[0]}: {last})")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_uv_unreachable_index_is_recognised(tmp_path):
+    """The skip below matches what this uv says when the index is not there (no network)."""
+    from uv import find_uv_bin
+
+    env = {**os.environ, "UV_HTTP_RETRIES": "0"}
+    refused = subprocess.run(
+        [find_uv_bin(), "pip", "install", "--dry-run", "--no-cache", "--python", sys.executable,
+         "--index-url", "http://127.0.0.1:9/simple", "attn-dynamics-no-such-package"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert refused.returncode != 0 and UNREACHABLE.search(refused.stderr), refused.stderr
+    unsatisfiable = subprocess.run(
+        [find_uv_bin(), "pip", "install", "--dry-run", "--python", sys.executable, "--offline",
+         "numpy>=2", "numpy<2"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert unsatisfiable.returncode != 0
+    assert not UNREACHABLE.search(unsatisfiable.stderr), unsatisfiable.stderr
+
+
+@pytest.mark.slow
+def test_the_dependency_floors_install_and_run(tmp_path):
+    """The declared floors are true: a fresh venv on the Python floor, each direct dependency
+    (and the test extra) at the lowest version it admits (``uv --resolution lowest-direct``),
+    finishes the smoke run. uv's cache (default location) makes a rerun quick; skipped only
+    when the package index cannot be reached."""
+    floor = python_floor(PROJECT["requires-python"])
+    venv = tmp_path / "floors"
+    uv_or_skip("venv", "--quiet", "--python", f"{floor.major}.{floor.minor}", str(venv),
+               timeout=300)  # fmt: skip
+    python = venv / "bin" / "python"
+    uv_or_skip("pip", "install", "--python", str(python), "--resolution", "lowest-direct",
+               "-e", f"{ROOT}[test]", timeout=900)  # fmt: skip
+
+    freeze = subprocess.run(
+        [str(python), "-c", "import importlib.metadata as m, json, sys; "
+         "print(json.dumps({'python': '%d.%d' % sys.version_info[:2], **{n: m.version(n) "
+         "for n in sys.argv[1:]}}))", *(Requirement(r).name for r in PROJECT["dependencies"])],
+        capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    installed = json.loads(freeze.stdout)
+    assert installed["python"] == f"{floor.major}.{floor.minor}"
+    for requirement in map(Requirement, PROJECT["dependencies"]):
+        # each floor is a release that resolves with the others (else: raise it, say why)
+        assert Version(installed[requirement.name]) == python_floor(str(requirement.specifier)), (
+            requirement, installed
+        )  # fmt: skip
+
+    workdir = tmp_path / "run"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": "", "VIRTUAL_ENV": str(venv)}
+    run = subprocess.run(
+        [str(python), "-m", "experiments.run", "--config=configs/qk_frozen.py:smoke",
+         f"--workdir={workdir}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, (installed, run.stderr[-3000:])
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["status"] == "done", (installed, summary)
+    assert summary["environment"]["jax"] == installed["jax"]  # the floors' jax ran it
