@@ -82,6 +82,21 @@ def test_binary_outcomes_give_the_exact_mcnemar_test():
     assert result.mean == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("n", [1, 2])
+def test_one_or_two_pairs(n):
+    rng = np.random.default_rng(100 + n)
+    a, b = rng.normal(size=n), rng.normal(size=n)
+    result = stats.paired(a, b)
+    assert result.n == n
+    assert result.permutation_p == pytest.approx(brute_force_permutation_p(b - a))
+    assert math.isnan(result.ci_low) and math.isnan(result.ci_high)  # fewer than 3 pairs
+
+
+def test_no_pairs():
+    result = stats.paired([], [])
+    assert result.n == 0 and result.sign_p == 1.0 and result.permutation_p == 1.0
+
+
 def test_unequal_arms_are_refused():
     with pytest.raises(ValueError, match="one length"):
         stats.paired([1.0, 2.0], [1.0])

@@ -84,8 +84,8 @@ def bootstrap_interval(differences: np.ndarray) -> tuple[float, float]:
 
 def permutation_p(differences: np.ndarray) -> float:
     """Two-sided paired permutation test of mean(differences) = 0 (random sign flips)."""
-    if differences.size == 0 or not differences.any():
-        return 1.0
+    if differences.size < 2 or not differences.any():
+        return 1.0  # one pair: its two sign flips have the same |mean|
     exact = differences.size <= EXACT_PERMUTATION_MAX_PAIRS
     result = stats.permutation_test(
         (differences,),
