@@ -199,19 +199,23 @@ def init_row(c: Outcomes, quantities=INIT_QUANTITIES) -> dict:
 
 def sharpness_row(c: Outcomes, measured: list[dict], learning_rate: float) -> dict:
     """Sharpness at the end and at the teacher's minimum against the GD stability limit
-    ``2 / lr``. ``measured``: the ``sharpness.json`` of each run pooled into ``c``, in order."""
+    ``2 / lr``, median [min, max] among the seeds that reached eps and those that did not, and
+    how many of each are above the limit. ``measured``: the ``sharpness.json`` of each run
+    pooled into ``c``, in order."""
     row = {"cell": c.name, "2 / lr": fmt(2.0 / learning_rate, 3)}
     for key, what in (("final", "at the end"), ("teacher", "at the teacher's W_Q")):
         if not all(key in m for m in measured):
             continue
         lam = np.concatenate([np.asarray(m[key], float) for m in measured])
+        limit = 2.0 / learning_rate
         for label, mask in (("reached", c.converged), ("not reached", ~c.converged)):
-            value = median_or_dash(lam[mask])
+            value = spread(lam[mask])
             if mask.any() and mask.sum() <= 6:  # few seeds: list them all
                 value = ", ".join(fmt(float(x)) for x in np.sort(lam[mask]))
             row[f"sharpness {what} ({label})"] = value
-        above = int(np.sum(lam > 2.0 / learning_rate))
-        row[f"seeds with sharpness {what} > 2 / lr"] = f"{above}/{len(lam)}"
+            row[f"{label} with sharpness {what} > 2 / lr"] = (
+                f"{int(np.sum(lam[mask] > limit))}/{int(mask.sum())}"
+            )
     return row
 
 
