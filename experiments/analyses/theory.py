@@ -147,11 +147,12 @@ def q_only(root: pathlib.Path) -> str:
             "before they met the baseline level.\n\n"
         )
     text += tables.markdown([tables.outcome_row(c) for c in pooled]) + tables.teacher_rows(pooled)
-    text += draws_section(pooled) + stall_section(pooled)
+    comparison, figures = kernel_comparison_section(pooled)
+    text += draws_section(pooled) + comparison + stall_section(pooled)
     text += sharpness_section(root, pooled, runs)
     text += "\n## Initialisation vs convergence\n\n"
     text += tables.markdown([tables.init_row(c) for c in pooled]) + FIGURES
-    return tables.write(root, "q_only", text)
+    return tables.write(root, "q_only", text, figures)
 
 
 def live_relative_loss(c: Outcomes) -> float:
