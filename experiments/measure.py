@@ -13,7 +13,7 @@ matrices held fixed), per seed at the last checkpoint (``final``), and for
 unless ``--force``. ``minima`` writes ``minima.json`` (Q-only runs): per seed, global optimum,
 sub-optimal local minimum or neither, from the gradient and the float64 Hessian w.r.t. W_Q
 (:mod:`experiments.minima`). ``positions`` writes ``positions.npz`` (encoder runs): each seed's
-position features at positions 0 .. 2L, L the training length
+position features at positions 0 .. 2L-1, L the training length
 (:mod:`experiments.position_features`). The analyses (``python -m experiments.analyses``) only read
 these files.
 """
@@ -175,7 +175,7 @@ def usage(prog: str = PROG, *, full: bool = False) -> str:
         "(RUNDIR: one run or a sweep root; every finished run under it): sharpness writes "
         "sharpness.json (top Hessian eigenvalue per seed), minima writes minima.json (Q-only "
         "runs: global optimum, sub-optimal local minimum or neither), positions writes "
-        "positions.npz (encoder runs: position features at positions 0 .. 2L). The analyses "
+        "positions.npz (encoder runs: position features at positions 0 .. 2L-1). The analyses "
         "(python -m experiments.analyses) read these files.",
         cli.flag_rows(fv),
         epilog="exit status: 0 written (or nothing left to measure); 2 bad input or no finished "

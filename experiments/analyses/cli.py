@@ -29,7 +29,8 @@ def usage(prog: str = PROG, *, full: bool = False) -> str:
         f"usage: {prog} KIND RUNDIR",
         "Tables and figures from a sweep's run directories (reads them only); writes "
         "RUNDIR/ablation_KIND.md and its PNGs and prints the markdown. Quantities that need the "
-        "model (sharpness, minima) are computed first by python -m experiments.measure.",
+        "model (sharpness, minima, position features) are computed first by python -m "
+        "experiments.measure.",
         [],
         epilog="analyses (KIND):\n" + cli.table(kinds) + "\n\nRUNDIR: the sweep's --workdir\n\n"
         "exit status: 0 written; 2 bad input or an unreadable run directory (one line on "
